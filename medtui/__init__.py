@@ -1,0 +1,1 @@
+"""medtui: the Textual app."""

@@ -1,0 +1,79 @@
+"""The medtui Textual app: a thin view over the engine and over run directories.
+
+Nothing heavy is imported here: the first frame must draw fast on a box where ``import torch``
+alone takes seconds. Screens are Textual modes, imported on first visit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from medtui_engine.context import Context, load_context
+
+from .screens import SCREENS, ScreenEntry
+
+DISCLAIMER = "Model answers are for clinicians to assess; they are not medical advice."
+
+
+def _screen_factory(entry: ScreenEntry) -> Callable[[], Screen]:
+    def make() -> Screen:
+        module = importlib.import_module(entry.module)
+        return getattr(module, entry.class_name)()
+
+    return make
+
+
+class MedtuiApp(App[None]):
+    TITLE = "medtui"
+    SUB_TITLE = "clinical fine-tuning workbench (offline)"
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = True
+    MODES = {entry.mode: _screen_factory(entry) for entry in SCREENS}
+    DEFAULT_MODE = SCREENS[0].mode
+    BINDINGS = [
+        *(Binding(e.key, f"goto('{e.mode}')", e.title, id=f"goto-{e.mode}", tooltip=f"Go to {e.title}")
+          for e in SCREENS),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    ]
+
+    def __init__(self, ctx: Context | None = None, *, mouse: bool = True, start_mode: str | None = None,
+                 workspace: str | None = None, config: str | None = None) -> None:
+        super().__init__()
+        self.ctx = ctx or load_context(workspace, config)
+        self.mouse_enabled = mouse
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._start_mode = start_mode
+        # SSH first: no animations unless the user turned them on.
+        self.animation_level = "full" if self.ctx.settings.animations else "none"
+
+    def on_mount(self) -> None:
+        if self._start_mode and self._start_mode != self.current_mode:
+            self.switch_mode(self._start_mode)
+
+    # Navigation with parameters: goto("console", run="...") -> the console reads take_params("console").
+    def goto(self, mode: str, **params: Any) -> None:
+        if mode not in self.MODES:
+            self.notify(f"No screen called {mode!r}", severity="error")
+            return
+        if params:
+            self._pending[mode] = params
+        self.switch_mode(mode)
+
+    def action_goto(self, mode: str) -> None:
+        self.goto(mode)
+
+    def take_params(self, mode: str) -> dict[str, Any]:
+        return self._pending.pop(mode, {})
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for entry in SCREENS:
+            yield SystemCommand(f"Go to {entry.title}", f"Switch to the {entry.title} screen ({entry.key})",
+                                partial(self.goto, entry.mode))

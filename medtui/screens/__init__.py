@@ -1,0 +1,20 @@
+"""The app's top-level areas. Each is a Textual mode, built lazily on first visit so that start-up
+imports only the first screen. Add a screen by adding one ScreenEntry here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ScreenEntry:
+    mode: str        # Textual mode name, also used by App.goto()
+    title: str       # shown in the footer hint and the command palette
+    key: str         # the key that switches to it
+    module: str      # module holding the screen class (imported on first visit)
+    class_name: str
+
+
+SCREENS: tuple[ScreenEntry, ...] = (
+    ScreenEntry("environment", "Environment", "f2", "medtui.screens.environment", "EnvironmentScreen"),
+)

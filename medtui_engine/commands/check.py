@@ -1,0 +1,72 @@
+"""Check the machine: GPUs (NVML), torch and CUDA, the training libraries, disk, RAM, and whether a
+training setting fits in GPU memory. Every line gets a verdict (ok / info / warning / problem) and
+the fix in words. Exit 0 unless a problem is found (exit 1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import add_common, print_json
+from ..context import load_context
+from ..errors import EXIT_FAILED, EXIT_OK, UserError
+
+MARK = {"ok": "ok", "info": "--", "warning": "WARN", "problem": "FAIL"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    fit = parser.add_argument_group("will it fit (with --model)")
+    fit.add_argument("--model", metavar="DIR|demo", help="estimate peak GPU memory for training this model")
+    fit.add_argument("--bits", type=int, choices=(4, 16), default=4, help="4-bit (QLoRA) or 16-bit base weights (default 4)")
+    fit.add_argument("--seq", type=int, default=2048, metavar="N", help="max sequence length (default 2048)")
+    fit.add_argument("--batch", type=int, default=1, metavar="N", help="per-device micro-batch (default 1)")
+    fit.add_argument("--rank", type=int, default=32, metavar="R", help="LoRA rank (default 32)")
+    fit.add_argument("--backend", choices=("unsloth", "hf"), default="unsloth", help="training backend (default unsloth)")
+    fit.add_argument("--no-gradient-checkpointing", action="store_true")
+    fit.add_argument("--gpu", type=int, default=0, metavar="INDEX", help="GPU to compare with (default 0)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for each library probe")
+    add_common(parser)
+
+
+def make_fit(args: argparse.Namespace):
+    if not args.model:
+        return None
+    from ..demo import resolve_model
+    from ..envcheck import fit_check
+    from ..vram import TrainSetting
+
+    for name in ("seq", "batch", "rank"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1")
+    try:
+        model_dir = resolve_model(args.model)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    setting = TrainSetting(args.bits, args.seq, args.batch, args.rank, not args.no_gradient_checkpointing, args.backend)
+    return lambda nvml: fit_check(model_dir, setting, nvml, args.gpu)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..envcheck import collect
+
+    ctx = load_context(args.workspace, args.config)
+    fit = make_fit(args)
+    progress = None if args.json else (lambda m: print(f"  ... {m}", file=sys.stderr, flush=True))
+    report = collect(ctx.workspace, {**ctx.settings.as_dict(), "config_file": str(ctx.config_file)},
+                     ctx.settings.min_free_disk_gib, args.timeout, progress, fit)
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        print(f"medtui check: workspace {ctx.workspace}")
+        print(f"settings: {ctx.config_file}{'' if ctx.config_file.exists() else ' (not present: defaults)'}")
+        section = None
+        width = max(len(ln.name) for ln in report.lines)
+        for ln in report.lines:
+            if ln.section != section:
+                section = ln.section
+                print(f"\n[{section}]")
+            print(f"  {MARK[ln.verdict]:>4}  {ln.name:<{width}}  {ln.value}")
+            if ln.fix and ln.verdict != "ok":
+                print(f"        {'':<{width}}  -> {ln.fix}")
+        print(f"\nverdict: {report.verdict}")
+    return EXIT_FAILED if report.verdict == "problem" else EXIT_OK
