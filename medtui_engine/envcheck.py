@@ -197,7 +197,10 @@ def rule_package(p: dict, gpu_present: bool) -> CheckLine:
             verdict = "warning" if gpu_present else "info"
             fix = INSTALL_GPU if gpu_present else "optional on a CPU box: the hf backend trains the demo"
             return CheckLine("software", name, "not installed", verdict, fix)
-        return CheckLine("software", name, "not installed", "info", "optional" + (f": {INSTALL_GPU}" if gpu_present else ""))
+        why = {"xformers": "optional: Unsloth uses its own attention kernels without it",
+               "triton": "optional: comes with CUDA builds of torch",
+               "bitsandbytes": "needed for 4-bit loading: " + INSTALL_GPU}.get(name, "optional")
+        return CheckLine("software", name, "not installed", "warning" if gpu_present and name == "bitsandbytes" else "info", why)
     err = p.get("error") or "import failed"
     verdict = "problem" if core or (gpu_present and name == "unsloth") else "warning"
     fix = "reinstall it; see the error" if core else ("the hf backend still works" if name.startswith("unsloth") else "")
