@@ -1,0 +1,171 @@
+"""The Dataset screen driven with Pilot: open a file, see the findings, jump to a row, switch the
+template, change the mapping; real files, the real validator and the demo model's real tokenizer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from textual.widgets import DataTable, Input, Select, Static
+
+from medtui.app import MedtuiApp
+from medtui.screens.dataset import NO_COT, DatasetScreen
+from medtui.widgets.histogram import TokenHistogram
+
+CORPUS = Path(__file__).parent / "fixtures" / "malformed"
+
+
+class DatasetFirstApp(MedtuiApp):
+    """The real app, opening on the Dataset screen (so the Environment check does not run too)."""
+
+    DEFAULT_MODE = "dataset"
+    CSS_PATH = str(Path(sys.modules[MedtuiApp.__module__].__file__).with_name("app.tcss"))
+
+
+async def _wait(pilot, cond, tries=400):
+    for _ in range(tries):
+        if cond():
+            return True
+        await pilot.pause(0.1)
+    return False
+
+
+def _text(screen, selector: str) -> str:
+    return str(screen.query_one(selector, Static).render())
+
+
+async def _open(pilot, app, path: Path) -> DatasetScreen:
+    screen = app.screen
+    assert isinstance(screen, DatasetScreen)
+    previous = screen.report
+    await pilot.press("o")
+    screen.query_one("#ds-path", Input).value = str(path)
+    await pilot.press("enter")
+    assert await _wait(pilot, lambda: screen.report is not None and screen.report is not previous)
+    await pilot.pause()
+    return screen
+
+
+async def test_open_findings_jump_and_template(workspace, demo_model):
+    app = DatasetFirstApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(pilot, app, CORPUS / "id_number.jsonl")
+        assert "NO-GO" in _text(screen, "#ds-summary") and "random weights, demo only" in _text(screen, "#ds-summary")
+        table = screen.query_one("#ds-findings", DataTable)
+        assert table.row_count == 1
+        kind = str(table.get_row_at(0)[2])
+        assert kind == "id_number"
+        assert "11010519491231002X" not in str(table.get_row_at(0)[3])
+        # Jump: enter on the finding previews row 2 as the trainer sees it, identifier masked.
+        table.focus()
+        await pilot.press("enter")
+        assert await _wait(pilot, lambda: "prompt" in _text(screen, "#ds-preview-head"))
+        assert screen.query_one("#ds-tabs").active == "tab-preview"
+        head, body = _text(screen, "#ds-preview-head"), _text(screen, "#ds-preview")
+        assert head.startswith("row 2 · template seed")
+        assert "### 问题:" in body and "</think>" in body and "<|im_end|>" in body
+        assert "11010519491231002X" not in body and "hidden as ***" in body
+        # Switch template: the preview is rendered again with the chat template, the lengths re-measured.
+        await pilot.press("t")
+        assert await _wait(pilot, lambda: "template chat · prompt" in _text(screen, "#ds-preview-head"))
+        assert "<|im_start|>system" in _text(screen, "#ds-preview")
+        assert await _wait(pilot, lambda: screen.report.template == "chat")
+        # Next / previous row keys.
+        await pilot.press("right_square_bracket")
+        assert await _wait(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 3 · template chat · prompt"))
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        assert await _wait(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 1 · template chat · prompt"))
+
+
+async def test_real_records_histogram_goto_row_and_mapping(workspace, demo_model, shared_records):
+    app = DatasetFirstApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(pilot, app, shared_records)
+        assert _text(screen, "#ds-summary").startswith("GO: 198 of 198 rows usable")
+        assert screen.query_one("#ds-map-question", Select).value == "Question"
+        await pilot.press("h")
+        hist = screen.query_one("#ds-histogram", TokenHistogram)
+        assert hist.data is not None and sum(hist.data.counts) == 198
+        assert "p95" in _text(screen, "#ds-stats")
+        # Go to a row by number.
+        await pilot.press("g")
+        assert await _wait(pilot, lambda: screen.query_one("#ds-row", Input).has_focus)
+        await pilot.press("1", "2", "enter")
+        assert await _wait(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 12 · template seed · prompt"))
+        # Map no reasoning column: validated again, the think block is empty and the file says so.
+        first = screen.report
+        screen.query_one("#ds-map-cot", Select).value = NO_COT
+        assert await _wait(pilot, lambda: screen.report is not first)
+        assert screen.report.dataset.mapping.cot is None
+        assert "no_cot_column" in screen.report.by_kind()
+        assert "Complex_CoT" in screen.report.dataset.extra_columns
+
+
+async def test_unreadable_file_is_a_message_and_params_open_a_file(workspace, demo_model):
+    app = DatasetFirstApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await pilot.press("o")
+        screen.query_one("#ds-path", Input).value = str(CORPUS / "truncated.json")
+        await pilot.press("enter")
+        assert await _wait(pilot, lambda: "Cannot read" in _text(screen, "#ds-summary"))
+        assert "truncated.json" in _text(screen, "#ds-summary") and "not valid JSON" in _text(screen, "#ds-summary")
+        # Another screen can send a file here.
+        app.goto("runs")
+        await pilot.pause()
+        app.goto("dataset", path=str(CORPUS / "duplicate_question.jsonl"))
+        assert await _wait(pilot, lambda: screen.report is not None)
+        assert screen.report.by_kind()["duplicate_question"] == 1
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Go to Dataset" in titles
+
+
+def test_screen_module_imports_no_heavy_libraries():
+    code = ("import sys, medtui.screens.dataset, medtui.widgets.histogram, medtui_engine.dataset, "
+            "medtui_engine.commands.validate\n"
+            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'unsloth', 'tiktoken', 'pyarrow') "
+            "if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "assert 'textual' not in [m.split('.')[0] for m in sys.modules if m.startswith('medtui_engine')]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    engine_only = ("import sys, medtui_engine.dataset, medtui_engine.dataset.validate, medtui_engine.bench_dataset\n"
+                   "assert 'textual' not in sys.modules and 'rich' not in sys.modules, 'engine imported UI code'\n")
+    subprocess.run([sys.executable, "-c", engine_only], check=True, timeout=60)
+
+
+async def test_findings_table_is_capped_for_large_files(workspace, demo_model, tmp_path):
+    import json
+
+    from medtui.screens.dataset import FINDINGS_SHOWN
+
+    path = tmp_path / "many.jsonl"
+    rows = [{"Question": "同一个问题", "Complex_CoT": "想", "Response": "疑似诊断：某病"}] * (FINDINGS_SHOWN + 200)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    app = DatasetFirstApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(pilot, app, path)
+        assert screen.report.by_kind()["duplicate_question"] == FINDINGS_SHOWN + 199
+        assert screen.query_one("#ds-findings", DataTable).row_count == FINDINGS_SHOWN
+        assert _text(screen, "#ds-summary").startswith("GO:")  # duplicates are warnings
+
+
+async def test_fix_the_file_and_validate_again(workspace, demo_model, tmp_path):
+    import json
+
+    path = tmp_path / "cases.jsonl"
+    good = {"Question": "女性，45岁，右上腹痛3天。", "Complex_CoT": "考虑胆囊炎。", "Response": "疑似诊断：急性胆囊炎"}
+    path.write_text(json.dumps(good, ensure_ascii=False) + "\n{broken\n", encoding="utf-8")
+    app = DatasetFirstApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(pilot, app, path)
+        assert screen.report.by_kind()["bad_json"] == 1 and "NO-GO" in _text(screen, "#ds-summary")
+        # The user fixes line 2 in an editor, then presses v: the file is read again.
+        path.write_text(json.dumps(good, ensure_ascii=False) + "\n"
+                        + json.dumps({**good, "Question": "男性，62岁，吞咽困难2月。"}, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+        first = screen.report
+        screen.query_one("#ds-findings", DataTable).focus()
+        await pilot.press("v")
+        assert await _wait(pilot, lambda: screen.report is not first)
+        assert screen.report.errors == 0 and _text(screen, "#ds-summary").startswith("GO: 2 of 2 rows usable")
