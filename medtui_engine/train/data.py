@@ -1,0 +1,75 @@
+"""Cases for training: loaded by the dataset engine, rendered by the run's template, tokenized.
+
+Tokenizing here (prompt and completion separately, then joined) means the model is trained on
+exactly the prompt tokens it will see at inference, the loss mask is exact, and the token counts
+for the progress display come for free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    row: int
+    question: str
+    cot: str
+    response: str
+
+
+def load_train_cases(path: str | Path, question: str, cot: str, response: str) -> tuple[list[TrainCase], list[str]]:
+    """Load and map the data file with the dataset engine: (cases, notes about skipped rows)."""
+    from ..dataset.load import FieldMapping, load_cases
+
+    loaded = load_cases(Path(path), FieldMapping(question=question, cot=cot or None, response=response))
+    cases = [TrainCase(c.row, c.question, c.cot or "", c.response) for c in loaded.cases]
+    notes = []
+    if loaded.skipped:
+        first = loaded.skipped[0]
+        notes.append(f"{len(loaded.skipped)} of {loaded.total_rows} rows of {path} cannot be used and were skipped "
+                     f"(first: row {first.row}, {first.field}: {first.message}); `medtui validate` lists them all")
+    if not cases:
+        raise UserError(f"{path}: no usable cases with fields {question}/{cot}/{response}; "
+                        "check the file with `medtui validate`")
+    return cases, notes
+
+
+def split_train_eval(cases: list[TrainCase], eval_fraction: float, seed: int) -> tuple[list, list]:
+    if eval_fraction <= 0:
+        return cases, []
+    from ..dataset.load import split_cases
+
+    train, evals = split_cases(cases, eval_fraction, seed)
+    return list(train), list(evals)
+
+
+def tokenize_cases(cases: list[TrainCase], template: str, tokenizer, max_seq_length: int,
+                   mask_prompt: bool) -> tuple[list[dict], dict]:
+    """Rows of ``input_ids`` + ``labels`` (prompt tokens -100 when masked), truncated.
+
+    Returns the rows and counts: tokens (after truncation), truncated rows, dropped rows (a prompt
+    alone filling max_seq_length leaves nothing to learn when the prompt is masked).
+    """
+    from ..templates import render_case
+
+    rows: list[dict] = []
+    tokens = truncated = dropped = 0
+    for case in cases:
+        rc = render_case(template, case.question, case.cot, case.response, tokenizer)
+        p_ids = tokenizer(rc.prompt)["input_ids"]
+        c_ids = tokenizer(rc.completion, add_special_tokens=False)["input_ids"]
+        ids = p_ids + c_ids
+        labels = ([-100] * len(p_ids) if mask_prompt else list(p_ids)) + list(c_ids)
+        if len(ids) > max_seq_length:
+            truncated += 1
+            ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+        if all(x == -100 for x in labels[1:]):
+            dropped += 1
+            continue
+        tokens += len(ids)
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows, {"tokens": tokens, "truncated": truncated, "dropped": dropped}

@@ -1,0 +1,442 @@
+"""The training job: ``python -m medtui_engine.train.job RUN_DIR [--resume]``.
+
+Started detached by :func:`medtui_engine.runs.jobs.launch_job`; reads ``spec.json``, writes
+``events.jsonl`` (it is the only writer), checkpoints under ``checkpoints/`` and the final LoRA
+adapter under ``adapter/`` (written to a temp dir and renamed when complete).
+
+Stop: SIGTERM (or SIGINT) or a ``STOP`` file in the run directory -> the trainer callback asks
+the trainer to save a checkpoint and stop at the end of the current step -> ``stopped``.
+Exit status: 0 finished or stopped, 1 failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from importlib import metadata
+from pathlib import Path
+
+# Before anything that could import transformers & co: offline, and Unsloth's compile cache out
+# of the working directory.
+from ..offline import apply_offline
+from ..paths import home_dir
+from ..runs.events import EventWriter
+from ..runs.jobs import STOP_FILE, proc_start_time
+from ..runs.store import ADAPTER_DIR, CHECKPOINTS_DIR, EVENTS_FILE, newest_checkpoint
+from .spec import TrainSpec
+
+ADAPTER_META = "medtui_adapter.json"
+
+
+def _versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for name in ("medtui", "torch", "transformers", "trl", "peft", "datasets", "unsloth", "bitsandbytes", "accelerate"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT or by a STOP file; checked by the trainer callback each step."""
+
+    def __init__(self, run_dir: Path):
+        self.stop_file = run_dir / STOP_FILE
+        self.reason: str | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        # an SSH drop must never end a run (the job has no terminal anyway: belt and braces)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.reason is None:
+            self.reason = f"signal {signal.Signals(signum).name}"
+
+    def requested(self) -> bool:
+        if self.reason is None and os.path.exists(self.stop_file):
+            self.reason = "stop file"
+        return self.reason is not None
+
+
+def _rss_mib() -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+class Heartbeat(threading.Thread):
+    """Every few seconds: GPU memory/utilisation/temperature/power (NVML), torch memory, RSS."""
+
+    def __init__(self, writer: EventWriter, interval: float):
+        super().__init__(name="medtui-heartbeat", daemon=True)
+        self.writer = writer
+        self.interval = interval
+        self._stop_event = threading.Event()
+        self.gpu_indices: list[int] | None = None   # NVML indices in use, once the model is on a GPU
+
+    def beat(self) -> None:
+        from ..gpu import read_nvml, visible_gpu_indices
+
+        info = read_nvml(with_processes=False)
+        visible = visible_gpu_indices()
+        gpus = []
+        for g in info.gpus:
+            if self.gpu_indices is not None and g.index not in self.gpu_indices:
+                continue
+            if visible is not None and g.index not in visible:
+                continue
+            gpus.append({"index": g.index, "mem_used_mib": g.memory_used_mib, "mem_total_mib": g.memory_total_mib,
+                         "util_pct": g.utilization_pct, "temp_c": g.temperature_c, "power_w": g.power_w})
+        alloc = peak = None
+        torch = sys.modules.get("torch")  # never import torch here: it may still be loading
+        try:
+            if torch is not None and torch.cuda.is_initialized():
+                alloc = round(torch.cuda.memory_allocated() / 2**20, 1)
+                peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        except Exception:  # a heartbeat must never kill the run
+            pass
+        self.writer.emit("heartbeat", gpus=gpus, torch_allocated_mib=alloc, torch_peak_mib=peak, rss_mib=_rss_mib())
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            if self._stop_event.is_set():
+                break
+            try:
+                self.beat()
+            except Exception as exc:  # keep beating; say why once in stdout.log
+                print(f"heartbeat: {type(exc).__name__}: {exc}", flush=True)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def halt(self) -> None:
+        """Stop and wait for a beat in progress: the terminal event must be the file's last line."""
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=10)
+
+
+def _friendly_error(exc: BaseException, spec: TrainSpec) -> str:
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    if name == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+        return (f"out of GPU memory ({text[:200]}): lower --max-seq-length (now {spec.max_seq_length}) or "
+                f"--micro-batch (now {spec.micro_batch}), keep 4-bit loading on, then resume the run")
+    return text[:1000]
+
+
+class Progress:
+    """What the job knows about its progress, shared by the callback and the failure handler."""
+
+    def __init__(self, step: int = 0):
+        self.step = step
+        self.t0 = time.monotonic()
+        self.last_loss: float | None = None
+        self.last_checkpoint: str | None = None
+
+
+def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_fields: dict,
+                   tokens_per_step: float, progress: Progress):
+    from transformers import TrainerCallback
+
+    class EventsCallback(TrainerCallback):
+        """Turns the trainer's progress into events; asks for a checkpoint and a stop when told."""
+
+        def __init__(self):
+            self.window: deque = deque(maxlen=20)   # (monotonic time, step) of recent logs
+
+        def on_train_begin(self, args, state, control, **kw):
+            progress.step = int(state.global_step)
+            progress.t0 = time.monotonic()
+            self.window.append((progress.t0, state.global_step))
+            writer.emit("train_begin", total_steps=int(state.max_steps), start_step=int(state.global_step),
+                        epochs=float(args.num_train_epochs), **begin_fields)
+            print(f"training: steps {state.global_step}/{state.max_steps}", flush=True)
+
+        def on_step_end(self, args, state, control, **kw):
+            progress.step = int(state.global_step)
+            if stop.requested() and state.global_step < state.max_steps:
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_epoch_end(self, args, state, control, **kw):
+            already = progress.last_checkpoint and Path(progress.last_checkpoint).name == f"checkpoint-{state.global_step}"
+            if spec.save_every_epoch and not already:
+                control.should_save = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs or "train_runtime" in logs:
+                return
+            now = time.monotonic()
+            step = int(state.global_step)
+            self.window.append((now, step))
+            t_a, s_a = self.window[0]
+            rate = (step - s_a) / (now - t_a) if now > t_a and step > s_a else None  # steps per second
+            tps = rate * tokens_per_step if rate else None
+            eta = (state.max_steps - step) / rate if rate else None
+            loss = logs.get("loss")
+            progress.last_loss = float(loss) if isinstance(loss, (int, float)) else None
+            ev = writer.emit("log", step=step, epoch=round(float(state.epoch or 0.0), 4), loss=loss,
+                             lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                             tokens_per_s=round(tps, 1) if tps else None,
+                             elapsed_s=round(now - progress.t0, 3), eta_s=round(eta, 1) if eta is not None else None)
+            print(f"step {step}/{state.max_steps} loss {ev['loss']} lr {ev['lr']} tok/s {ev['tokens_per_s']}", flush=True)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            metrics = metrics or {}
+            writer.emit("eval", step=int(state.global_step), epoch=round(float(state.epoch or 0.0), 4),
+                        eval_loss=metrics.get("eval_loss"))
+
+        def on_save(self, args, state, control, **kw):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            progress.last_checkpoint = str(path)
+            writer.emit("checkpoint", step=int(state.global_step), path=str(path))
+
+    return EventsCallback()
+
+
+def _write_adapter(model, tokenizer, run_dir: Path, spec: TrainSpec, backend: str, step: int) -> Path:
+    """Save the LoRA adapter to a temp dir, then rename it to ``adapter/`` (never half-written)."""
+    import json
+
+    final = run_dir / ADAPTER_DIR
+    tmp = run_dir / f".{ADAPTER_DIR}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    meta = {"base_model": spec.model, "base_model_label": spec.model_label, "template": spec.template,
+            "mask_prompt": spec.mask_prompt, "backend": backend, "step": step, "lora_r": spec.lora_r,
+            "lora_alpha": spec.lora_alpha, "max_seq_length": spec.max_seq_length, "run_id": run_dir.name}
+    (tmp / ADAPTER_META).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+    if final.exists():
+        old = run_dir / f".{ADAPTER_DIR}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def _cpu_trainer_class(base):
+    """trl's SFTTrainer computes the loss with a Triton kernel, which has no CPU driver. On the CPU
+    (CI, a laptop trial) the loss comes from the model's own forward instead: the same cross-entropy
+    over the same labels, with the full logits. Unsloth's CPU fallback does the equivalent itself."""
+    from transformers import Trainer
+
+    class CpuSFTTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = {k: v for k, v in inputs.items() if k != "fused_lm_head"}
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return CpuSFTTrainer
+
+
+def _nvml_index(torch) -> int:
+    """The NVML index of torch's current CUDA device (CUDA_VISIBLE_DEVICES renumbers devices)."""
+    from ..gpu import visible_gpu_indices
+
+    cur = torch.cuda.current_device()
+    visible = visible_gpu_indices()
+    return visible[cur] if visible and cur < len(visible) else cur
+
+
+def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, stop: StopFlag,
+          resume_ckpt: Path | None, progress: Progress, heartbeat: Heartbeat | None = None) -> int:
+    from .backends import import_backend_first
+
+    import_backend_first(backend)  # unsloth before transformers/trl/peft
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from .backends import load_for_training, optimizer_for
+    from .data import load_train_cases, split_train_eval, tokenize_cases
+
+    # the data first: a bad file should fail in seconds, not after loading a 14B model
+    cases, notes = load_train_cases(spec.data, spec.field_question, spec.field_cot, spec.field_response)
+    for note in notes:
+        writer.emit("notice", message=note, level="warning")
+    if spec.limit_rows:
+        cases = cases[: spec.limit_rows]
+    train_cases, eval_cases = split_train_eval(cases, spec.eval_fraction, spec.seed)
+
+    loaded = load_for_training(spec, spec.model, backend)
+    if heartbeat is not None and torch.cuda.is_available():
+        heartbeat.gpu_indices = [_nvml_index(torch)]
+    for note in loaded.notices:
+        writer.emit("notice", message=note, level="info")
+        print("notice:", note, flush=True)
+    if stop.requested():
+        if heartbeat is not None:
+            heartbeat.halt()
+        writer.emit("stopped", step=0, checkpoint=None, reason=stop.reason or "stop requested")
+        return 0
+
+    train_rows, counts = tokenize_cases(train_cases, spec.template, loaded.tokenizer, spec.max_seq_length, spec.mask_prompt)
+    if not train_rows:
+        from ..errors import UserError
+
+        raise UserError(f"{spec.data}: no case has anything to learn within max_seq_length {spec.max_seq_length} "
+                        "(the prompts alone fill it): raise --max-seq-length")
+    if counts["truncated"] or counts["dropped"]:
+        msg = (f"{counts['truncated']} of {len(train_cases)} cases are longer than max_seq_length {spec.max_seq_length} "
+               f"tokens and were cut" + (f"; {counts['dropped']} left nothing to learn and were skipped" if counts["dropped"] else ""))
+        writer.emit("notice", message=msg, level="warning")
+    eval_rows, _ = tokenize_cases(eval_cases, spec.template, loaded.tokenizer, spec.max_seq_length, spec.mask_prompt)
+
+    cuda = torch.cuda.is_available()
+    optim, note = optimizer_for(spec, cuda)
+    if note:
+        writer.emit("notice", message=note, level="info")
+    n = len(train_rows)
+    batches = math.ceil(n / spec.micro_batch)
+    steps_per_epoch = max(1, batches // spec.grad_accum + int(batches % spec.grad_accum > 0))
+    begin_fields = {
+        "steps_per_epoch": steps_per_epoch, "num_examples": n, "train_tokens": counts["tokens"],
+        "micro_batch": spec.micro_batch, "grad_accum": spec.grad_accum, "max_seq_length": spec.max_seq_length,
+        "model": spec.model, "model_label": spec.model_label, "device": loaded.device,
+        # informational extras
+        "backend": backend, "precision": loaded.dtype, "load_in_4bit": loaded.load_in_4bit, "optim": optim,
+        "eval_examples": len(eval_rows), "truncated": counts["truncated"],
+    }
+    tokens_per_step = counts["tokens"] / steps_per_epoch
+    has_eval = bool(eval_rows)
+    eval_strategy = "no"
+    if has_eval:
+        eval_strategy = "steps" if spec.eval_steps else "epoch"
+    cfg = SFTConfig(
+        output_dir=str(run_dir / CHECKPOINTS_DIR),
+        per_device_train_batch_size=spec.micro_batch, per_device_eval_batch_size=spec.micro_batch,
+        gradient_accumulation_steps=spec.grad_accum, num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps if spec.max_steps else -1, learning_rate=spec.learning_rate,
+        lr_scheduler_type=spec.scheduler, warmup_steps=spec.warmup_ratio, weight_decay=spec.weight_decay,
+        optim=optim, seed=spec.seed, logging_steps=spec.logging_steps,
+        save_strategy="steps" if spec.save_steps else "no", save_steps=spec.save_steps or 500,
+        save_total_limit=spec.keep_checkpoints,
+        eval_strategy=eval_strategy, eval_steps=spec.eval_steps or None,
+        bf16=loaded.dtype == "bf16", fp16=loaded.dtype == "fp16", use_cpu=not cuda,
+        max_length=spec.max_seq_length, packing=False, report_to="none", disable_tqdm=True,
+        # hf: the trainer turns checkpointing on; Unsloth did it its own way in get_peft_model
+        gradient_checkpointing=spec.gradient_checkpointing and backend == "hf",
+        dataloader_num_workers=0, dataset_num_proc=None, save_only_model=False,
+    )
+    callback = _make_callback(writer, stop, spec, begin_fields, tokens_per_step, progress)
+    trainer_cls = SFTTrainer if cuda or backend == "unsloth" else _cpu_trainer_class(SFTTrainer)
+    trainer = trainer_cls(
+        model=loaded.model, processing_class=loaded.tokenizer, args=cfg,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
+        callbacks=[callback],
+    )
+    if cuda:  # the loading peak goes into train_begin; the peak reported at the end is training's own
+        begin_fields["load_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt else None)
+    state = trainer.state
+    step = int(state.global_step)
+    if stop.requested() and step < state.max_steps:
+        ckpt = progress.last_checkpoint
+        if ckpt is None or Path(ckpt).name != f"checkpoint-{step}":
+            # the trainer did not save at the stop (it always should): save the full state ourselves
+            trainer._save_checkpoint(trainer.model, trial=None)
+            ckpt = str(run_dir / CHECKPOINTS_DIR / f"checkpoint-{step}")
+            writer.emit("checkpoint", step=step, path=ckpt)
+        if heartbeat is not None:
+            heartbeat.halt()
+        writer.emit("stopped", step=step, checkpoint=ckpt, reason=stop.reason or "stop requested")
+        print(f"stopped at step {step}; checkpoint {ckpt}", flush=True)
+        return 0
+    adapter = _write_adapter(trainer.model, loaded.tokenizer, run_dir, spec, backend, step)
+    runtime = time.monotonic() - progress.t0
+    peak = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
+    if heartbeat is not None:
+        heartbeat.halt()
+    writer.emit("finished", step=step, adapter=str(adapter), runtime_s=round(runtime, 2),
+                final_loss=progress.last_loss, torch_peak_mib=peak)
+    print(f"finished at step {step}; adapter {adapter}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m medtui_engine.train.job")
+    ap.add_argument("run_dir")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    a = ap.parse_args(argv)
+    run_dir = Path(a.run_dir).resolve()
+
+    apply_offline()
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(home_dir() / "cache" / "unsloth_compiled_cache"))
+    stop = StopFlag(run_dir)
+    stop.install()
+    writer = EventWriter(run_dir / EVENTS_FILE)
+    try:
+        spec = TrainSpec.read(run_dir)
+    except (OSError, ValueError, TypeError) as exc:
+        writer.emit("failed", step=0, error=f"cannot read {run_dir / 'spec.json'}: {exc}",
+                    error_type=type(exc).__name__, traceback_tail="")
+        writer.close()
+        return 1
+    progress = Progress()
+    resume_ckpt = newest_checkpoint(run_dir) if a.resume else None
+    resumed_from = None
+    if a.resume:
+        resumed_from = int(resume_ckpt.name.rsplit("-", 1)[1]) if resume_ckpt else 0
+        progress.step = resumed_from
+    heartbeat = Heartbeat(writer, spec.heartbeat_s)
+    try:
+        from .backends import resolve_backend
+
+        backend, why = resolve_backend(spec.backend)
+        writer.emit("job_start", pid=os.getpid(), start_time=proc_start_time(os.getpid()), backend=backend,
+                    resumed_from=resumed_from, versions=_versions(), backend_reason=why)
+        print(f"job {os.getpid()}: backend {backend} ({why})" + (f", resuming from step {resumed_from}" if a.resume else ""), flush=True)
+        heartbeat.beat()
+        heartbeat.start()
+        return train(run_dir, spec, backend, writer, stop, resume_ckpt, progress, heartbeat)
+    except BaseException as exc:  # every way out must leave exactly one terminal event
+        from ..errors import UserError
+
+        tb = traceback.format_exc()
+        print(tb, flush=True)
+        if isinstance(exc, UserError):
+            message = str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        else:
+            message = _friendly_error(exc, spec)
+        try:
+            heartbeat.halt()
+            writer.emit("failed", step=progress.step, error=message, error_type=type(exc).__name__,
+                        traceback_tail=tb[-4000:])
+        except Exception:
+            pass
+        return 1
+    finally:
+        heartbeat.halt()
+        writer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Start and resume training runs: the calls the CLI and the TUI share (no heavy imports).
+
+    started = start_run(ctx.runs_dir, spec, force=False)   # validates, picks a GPU, launches
+    started.run_dir, started.pid, started.warnings
+    resume_run(ctx.runs_dir, run_dir)                        # stopped / failed / crashed runs
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .spec import SpecError, TrainSpec
+
+JOB_MODULE = "medtui_engine.train.job"
+
+
+@dataclass(frozen=True)
+class Started:
+    run_dir: Path
+    pid: int
+    warnings: tuple[str, ...]
+    past_seq: int = -1             # events up to this seq belong to earlier jobs of the run
+    resumed_from: str | None = None  # the checkpoint directory name, for a resume
+
+
+def pick_gpu(runs_dir: Path, force: bool) -> tuple[dict, list[str]]:
+    """Pick the GPU for a new job: (environment for the job, warnings).
+
+    Refuses (UserError) when every GPU we may use has a medtui job training on it, unless forced.
+    """
+    from ..runs.guard import choose_gpu
+
+    choice = choose_gpu(runs_dir)
+    env: dict = {}
+    warnings: list[str] = []
+    if choice.index is not None:
+        # NVML numbers GPUs by PCI bus; make CUDA agree, then show the job only its GPU
+        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(choice.index)}
+    if choice.all_busy:
+        lines = [b.describe() for b in choice.busy]
+        if not force:
+            first = next((b for b in choice.busy if b.run), None)
+            how = f"stop it with `medtui runs stop {Path(first.run).name}`, " if first else ""
+            raise UserError("; ".join(lines) + f". Two trainings on one GPU slow both and may run out of memory: "
+                            f"{how}choose another GPU with CUDA_VISIBLE_DEVICES, or pass --force to start anyway")
+        warnings = [f"warning: {line}; starting anyway (--force)" for line in lines]
+    elif choice.busy and choice.index is not None:
+        warnings = [f"{b.describe()}; this job uses GPU {choice.index}" for b in choice.busy]
+    return env, warnings
+
+
+def prepare_spec(spec: TrainSpec) -> TrainSpec:
+    """Validate and resolve the spec (model 'demo' -> its directory, absolute paths). UserError if invalid."""
+    from ..demo import model_label, resolve_model
+
+    try:
+        spec.validate(check_files=True)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        model_dir = resolve_model(spec.model)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    spec.model = str(model_dir)
+    spec.model_label = spec.model_label or model_label(model_dir)
+    spec.data = str(Path(spec.data).expanduser().resolve())
+    return spec
+
+
+def start_run(runs_dir: Path, spec: TrainSpec, force: bool = False, name: str | None = None) -> Started:
+    """Validate, pick a GPU, create the run directory, write spec.json and launch the job."""
+    from ..runs.jobs import launch_job
+    from ..runs.store import new_run_dir
+
+    spec = prepare_spec(spec)
+    gpu_env, warnings = pick_gpu(runs_dir, force)
+    run_dir = new_run_dir(runs_dir, name or Path(spec.model).name)
+    spec.write(run_dir, extra={"gpu": gpu_env.get("CUDA_VISIBLE_DEVICES")})
+    pid = launch_job(JOB_MODULE, run_dir, env={**os.environ, **gpu_env})
+    return Started(run_dir, pid, tuple(warnings))
+
+
+def resume_run(runs_dir: Path, run_dir: Path, force: bool = False) -> Started:
+    """Continue a stopped, failed or crashed run from its newest checkpoint, in the same directory."""
+    from ..runs.events import last_seq
+    from ..runs.jobs import launch_job
+    from ..runs.store import EVENTS_FILE, load_run, newest_checkpoint
+
+    run_dir = Path(run_dir)
+    spec, state = load_run(run_dir)
+    if not spec:
+        raise UserError(f"run {run_dir.name} has no readable spec.json: it cannot be resumed")
+    if state.status in ("starting", "running", "stalled"):
+        raise UserError(f"run {run_dir.name} is still {state.status}; follow it with `medtui runs tail {run_dir.name}`")
+    if state.status == "finished":
+        raise UserError(f"run {run_dir.name} already finished (adapter: {state.adapter}); start a new run to train more")
+    gpu_env, warnings = pick_gpu(runs_dir, force)
+    ckpt = newest_checkpoint(run_dir)
+    before = last_seq(run_dir / EVENTS_FILE)
+    pid = launch_job(JOB_MODULE, run_dir, ["--resume"], env={**os.environ, **gpu_env})
+    return Started(run_dir, pid, tuple(warnings), past_seq=before, resumed_from=ckpt.name if ckpt else None)
