@@ -1,0 +1,88 @@
+"""The merge job's events and the reducer that folds them into a :class:`MergeState`.
+
+Merge jobs write the same schema-v1 ``events.jsonl`` as training (same writer, same tailer), with
+their own event types (``MERGE_EVENT_TYPES``, defined beside the shared schema in ``runs.events``).
+Terminal events are the shared ``finished`` / ``failed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..runs.events import MERGE_EVENT_TYPES  # noqa: F401  (defined with the shared schema)
+
+JOB_MODULE = "medtui_engine.merge.job"
+
+
+@dataclass
+class MergeState:
+    status: str = "new"              # new | running | finished | failed
+    phase: str = ""
+    done: float = 0
+    total: float = 0
+    bytes_written: float = 0
+    base: str = ""
+    adapter: str = ""
+    out: str = ""
+    dtype: str = ""
+    method: str = ""
+    adapter_only: bool = False
+    write_seconds: float | None = None
+    verification: dict = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    serve_command: str | None = None
+    gguf: str | None = None
+    runtime_s: float | None = None
+    last_event_t: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in {"finished", "failed"}
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+
+def apply_merge_event(state: MergeState, ev: dict) -> MergeState:
+    """Fold one event (pure: no I/O). Unknown types are ignored."""
+    kind = ev.get("type")
+    if isinstance(ev.get("t"), (int, float)):
+        state.last_event_t = float(ev["t"])
+    if kind == "merge_begin":
+        state.status = "running"
+        for name in ("base", "adapter", "out", "dtype", "method"):
+            setattr(state, name, str(ev.get(name) or ""))
+        state.adapter_only = bool(ev.get("adapter_only"))
+        state.phase = "merge"
+    elif kind == "merge_progress":
+        state.phase = str(ev.get("phase") or state.phase)
+        state.done = ev.get("done") or 0
+        state.total = ev.get("total") or 0
+        if ev.get("bytes_written") is not None:
+            state.bytes_written = ev["bytes_written"]
+    elif kind == "merge_written":
+        state.write_seconds = ev.get("seconds")
+        state.phase = "verify"
+    elif kind == "merge_verified":
+        state.verification = dict(ev.get("record") or {k: ev.get(k) for k in ("max_abs_logit_diff", "top1_agreement", "failed_checks")})
+    elif kind == "finished":
+        state.status = "finished"
+        state.phase = "done"
+        state.out = str(ev.get("out") or state.out)
+        state.serve_command = ev.get("serve_command")
+        state.gguf = ev.get("gguf")
+        state.runtime_s = ev.get("runtime_s")
+    elif kind == "failed":
+        state.status = "failed"
+        state.error = ev.get("error")
+        state.error_type = ev.get("error_type")
+    return state
+
+
+def fold_merge(events, state: MergeState | None = None) -> MergeState:
+    state = state or MergeState()
+    for ev in events:
+        apply_merge_event(state, ev)
+    return state
