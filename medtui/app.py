@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -45,17 +46,14 @@ class MedtuiApp(App[None]):
 
     def __init__(self, ctx: Context | None = None, *, mouse: bool = True, start_mode: str | None = None,
                  workspace: str | None = None, config: str | None = None) -> None:
+        if start_mode and start_mode in self.MODES:
+            self.DEFAULT_MODE = start_mode  # open straight on that screen (the first one is never built)
         super().__init__()
         self.ctx = ctx or load_context(workspace, config)
         self.mouse_enabled = mouse
         self._pending: dict[str, dict[str, Any]] = {}
-        self._start_mode = start_mode
         # SSH first: no animations unless the user turned them on.
         self.animation_level = "full" if self.ctx.settings.animations else "none"
-
-    def on_mount(self) -> None:
-        if self._start_mode and self._start_mode != self.current_mode:
-            self.switch_mode(self._start_mode)
 
     # Navigation with parameters: goto("console", run="...") -> the console reads take_params("console").
     def goto(self, mode: str, **params: Any) -> None:
@@ -64,6 +62,10 @@ class MedtuiApp(App[None]):
             return
         if params:
             self._pending[mode] = params
+        if mode == self.current_mode:
+            # Already there: switch_mode would do nothing, so hand the screen its parameters now.
+            self.screen.post_message(events.ScreenResume())
+            return
         self.switch_mode(mode)
 
     def action_goto(self, mode: str) -> None:

@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -114,15 +115,37 @@ print("MEDTUI_PROBE " + json.dumps(out))
 """
 
 
+_live_probes: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def cancel_probes() -> None:
+    """Kill probe processes still running (the TUI calls this when it closes, so quitting is instant)."""
+    with _live_lock:
+        procs = list(_live_probes)
+    for proc in procs:
+        proc.kill()
+
+
 def run_probe(names: tuple[str, ...], timeout: float = 120.0, python: str | None = None) -> dict:
     """Import ``names`` in a fresh interpreter; returns {name: PackageProbe-like dict, "__torch__": ...}."""
     env = offline_env()
     env.setdefault("UNSLOTH_COMPILE_LOCATION", str(Path(os.environ.get("TMPDIR", "/tmp")) / "medtui-unsloth-cache"))
+    proc = subprocess.Popen([python or sys.executable, "-c", _PROBE, *names], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL,
+                            cwd=env.get("TMPDIR", "/tmp"))
+    with _live_lock:
+        _live_probes.add(proc)
     try:
-        proc = subprocess.run([python or sys.executable, "-c", _PROBE, *names], capture_output=True, text=True,
-                              timeout=timeout, env=env, stdin=subprocess.DEVNULL, cwd=env.get("TMPDIR", "/tmp"))
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         return {n: asdict(PackageProbe(n, None, False, f"import took longer than {timeout:.0f} s")) for n in names}
+    finally:
+        with _live_lock:
+            _live_probes.discard(proc)
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     for line in proc.stdout.splitlines():
         if line.startswith("MEDTUI_PROBE "):
             return json.loads(line[len("MEDTUI_PROBE "):])

@@ -93,6 +93,11 @@ class EnvironmentScreen(Screen):
         self.set_timer(0.05, self.action_recheck)
         self.set_timer(0.05, self._poll_gpus)
 
+    def on_unmount(self) -> None:
+        from medtui_engine.envcheck import cancel_probes
+
+        cancel_probes()  # quitting must not wait for library probes still importing torch
+
     # ------------------------------------------------------------ the check
 
     def action_recheck(self) -> None:

@@ -103,8 +103,13 @@ def resolve_source(source: str | os.PathLike[str], runs_dir: Path | None) -> tup
     """(adapter dir, run dir or None, kind, step) for a run id, run dir, checkpoint or adapter dir."""
     raw = str(source)
     path = Path(raw).expanduser()
-    if not path.exists() and runs_dir is not None and (Path(runs_dir) / raw).is_dir():
-        path = Path(runs_dir) / raw
+    if not path.exists() and runs_dir is not None:
+        from ..runs.store import find_run  # a run id, a unique prefix of one, or "last"
+
+        try:
+            path = find_run(Path(runs_dir), raw)
+        except LookupError:
+            pass
     if not path.exists():
         where = f" or a run id under {runs_dir}" if runs_dir else ""
         raise UserError(f"{raw} does not exist: give a run directory{where}, or an adapter directory")
