@@ -1,0 +1,411 @@
+"""Streaming an answer: a generator yielding text chunks as tokens arrive, then one ``StreamDone``
+with the whole output and its timing (time to first token, tokens/s, total, cut off or not).
+
+Three decode paths, picked per loaded model:
+
+* ``graph`` (transformers on a GPU): our own loop over a static KV cache whose single-token step is
+  captured once as a CUDA graph and replayed, so a step costs one launch instead of hundreds of
+  kernel launches from Python. The capture is checked against eager steps before it is trusted; on
+  any failure the loop goes on eagerly over the same static cache and says why in the stats.
+* ``eager`` (transformers on the CPU): the same loop over a growing (dynamic) cache; a static cache
+  only pays off once its step is a graph (eager, its full-length mask costs more than it saves).
+* ``generate`` (Unsloth's fast inference, or plain transformers ``generate`` when asked): ``generate``
+  runs in a helper thread and hands token ids over a queue.
+
+The static cache and the graph live in ``decoder``; choosing the next token in ``sampling``.
+
+The host reads token t while the GPU already computes step t+1 (an event marks when t is ready), so
+detokenising and yielding cost no GPU time. Cancellation is a ``threading.Event`` checked every token.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from ..sections import split_think
+from ..templates import generation_prefix, render_prompt
+from .decoder import StaticDecoder
+from .loader import LoadedModel
+from .sampling import SamplingSettings, make_generator, sample_next
+
+DECODE_MODES = ("auto", "graph", "eager", "generate")
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    output_tokens: int
+    ttft_s: float | None           # request start -> first token on the host
+    total_s: float
+    decode_tokens_per_s: float | None  # tokens after the first, over the time after the first
+    finish_reason: str             # "eos" | "length" | "cancelled"
+    think_tokens: int | None       # tokens up to and including </think>; None if the block never closed
+    decode_path: str               # "graph" | "graph-failed" (eager on the static cache) | "eager" | "generate"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def cut_off(self) -> bool:
+        return self.finish_reason == "length"
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.output_tokens / self.total_s if self.total_s > 0 and self.output_tokens else None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        d["cut_off"] = self.cut_off
+        d["tokens_per_s"] = self.tokens_per_s
+        return d
+
+    def summary(self) -> str:
+        bits = []
+        bits.append(f"first token {self.ttft_s * 1000:.0f} ms" if self.ttft_s is not None else "no tokens")
+        if self.decode_tokens_per_s:
+            bits.append(f"{self.decode_tokens_per_s:.1f} tok/s")
+        bits.append(f"{self.total_s:.1f} s")
+        bits.append(f"{self.output_tokens} tokens")
+        if self.finish_reason == "length":
+            bits.append("CUT OFF at max_new_tokens")
+        elif self.finish_reason == "cancelled":
+            bits.append("stopped")
+        return " · ".join(bits)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    question: str
+    prompt: str
+    template: str
+    output: str                    # the generated text (the prompt's opening <think> not repeated)
+    stats: GenerationStats
+    model_label: str = ""
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    @property
+    def split(self):
+        return split_think(self.output, prompt_opened_think=bool(generation_prefix(self.template)))
+
+    @property
+    def think(self) -> str:
+        return self.split.think
+
+    @property
+    def answer(self) -> str:
+        return self.split.answer
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    text: str                      # new text since the previous chunk
+    output_tokens: int
+    elapsed_s: float
+    think_tokens: int | None       # None while the think block is still open
+
+
+@dataclass(frozen=True)
+class StreamDone:
+    result: GenerationResult
+
+
+class IncrementalDetokenizer:
+    """Token ids in, new text out; holds back a partial UTF-8 character (a Chinese character can span
+    two byte-level tokens) until the token completing it arrives. Decodes a short window, not the
+    whole answer, so each token costs the same."""
+
+    def __init__(self, tokenizer: Any):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before):]
+
+
+def build_prompt(loaded: LoadedModel, question: str) -> str:
+    question = (question or "").strip()
+    if not question:
+        raise UserError("the case is empty: type the complaint and the findings")
+    return render_prompt(loaded.source.template, question, loaded.tokenizer)
+
+
+def pick_decode(loaded: LoadedModel, decode: str) -> str:
+    if decode not in DECODE_MODES:
+        raise UserError(f"unknown decode mode {decode!r}: choose one of {', '.join(DECODE_MODES)}")
+    if loaded.backend == "unsloth":
+        return "generate"  # Unsloth's fast path lives behind its patched generate
+    if decode == "auto":
+        return "graph" if loaded.device == "cuda" else "eager"
+    if decode == "graph" and loaded.device != "cuda":
+        stand_in = isinstance(loaded.decoder, StaticDecoder) and loaded.decoder.use_graph
+        return "graph" if stand_in else "eager"
+    return decode
+
+
+def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings | None = None,
+                  cancel: threading.Event | None = None, *, ignore_eos: bool = False,
+                  decode: str = "auto", prompt: str | None = None) -> Iterator[StreamChunk | StreamDone]:
+    """Ask ``loaded`` one case. Yields ``StreamChunk`` per token with text, then one ``StreamDone``.
+
+    ``ignore_eos`` keeps generating to ``max_new_tokens`` (benchmarks on random weights).
+    """
+    settings = (settings or SamplingSettings()).checked()
+    cancel = cancel or threading.Event()
+    t0 = time.perf_counter()
+    prompt = prompt if prompt is not None else build_prompt(loaded, question)
+    path = pick_decode(loaded, decode)
+
+    enc = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    input_ids = enc["input_ids"].to(loaded.device)
+    n_prompt = int(input_ids.shape[1])
+    limit = _context_limit(loaded.model)
+    max_new = settings.max_new_tokens
+    notes: list[str] = []
+    if limit and n_prompt >= limit:
+        raise UserError(f"the case is {n_prompt} tokens, more than the model's context of {limit}: shorten it")
+    if limit and n_prompt + max_new > limit:
+        max_new = limit - n_prompt
+        notes.append(f"max_new_tokens lowered to {max_new} to fit the model's context of {limit}")
+
+    if path == "generate":
+        token_iter = _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos)
+    else:
+        token_iter = _tokens_via_loop(loaded, input_ids, settings, max_new, cancel, ignore_eos,
+                                      use_graph=(path == "graph"), notes=notes)
+
+    detok = IncrementalDetokenizer(loaded.tokenizer)
+    eos = set(loaded.eos_ids)
+    pieces: list[str] = []
+    n_out = 0
+    t_first = t_last = None
+    think_tokens: int | None = None
+    finish = "length"
+    tail = ""
+    try:
+        for tid in token_iter:
+            now = time.perf_counter()
+            if t_first is None:
+                t_first = now
+            t_last = now
+            if tid in eos and not ignore_eos:
+                finish = "eos"
+                break
+            n_out += 1
+            text = detok.push(tid)
+            if text:
+                pieces.append(text)
+                if think_tokens is None:
+                    tail = (tail + text)[-16:]
+                    if "</think>" in tail:
+                        think_tokens = n_out
+            yield StreamChunk(text, n_out, now - t0, think_tokens)
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            if n_out >= max_new:
+                finish = "length"
+                break
+        else:
+            finish = "cancelled" if cancel.is_set() else ("length" if n_out >= max_new else "eos")
+    finally:
+        token_iter.close()  # stops generate's helper thread; drops the loop's queued step
+    rest = detok.flush()
+    if rest:
+        pieces.append(rest)
+        yield StreamChunk(rest, n_out, time.perf_counter() - t0, think_tokens)
+    total = time.perf_counter() - t0
+    decode_tps = None
+    if t_first is not None and t_last is not None and n_out > 1 and t_last > t_first:
+        decode_tps = (n_out - 1) / (t_last - t_first)
+    if path == "graph" and any(n.startswith("CUDA graph off") for n in notes):
+        path = "graph-failed"
+    stats = GenerationStats(
+        prompt_tokens=n_prompt, output_tokens=n_out,
+        ttft_s=(t_first - t0) if t_first is not None else None, total_s=total,
+        decode_tokens_per_s=decode_tps, finish_reason=finish, think_tokens=think_tokens,
+        decode_path=path, notes=tuple(notes),
+    )
+    yield StreamDone(GenerationResult(question, prompt, loaded.source.template, "".join(pieces), stats,
+                                      loaded.label, settings))
+
+
+def answer(loaded: LoadedModel, question: str, settings: SamplingSettings | None = None, **kw) -> GenerationResult:
+    """The whole answer at once (evaluation, tests)."""
+    result = None
+    for event in stream_answer(loaded, question, settings, **kw):
+        if isinstance(event, StreamDone):
+            result = event.result
+    assert result is not None
+    return result
+
+
+def _context_limit(model) -> int | None:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+# ---------------------------------------------------------------- our own decode loop
+
+
+def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings, max_new: int,
+                     cancel: threading.Event, ignore_eos: bool, use_graph: bool, notes: list[str]) -> Iterator[int]:
+    import torch
+
+    model = loaded.model
+    dec = loaded.decoder
+    if not isinstance(dec, StaticDecoder) or dec.use_graph != use_graph:
+        if isinstance(dec, StaticDecoder):
+            dec.cache = dec.graph = None  # free the other path's cache (and graph pool) first
+        dec = loaded.decoder = StaticDecoder(model, loaded.device, use_graph)
+    gen = make_generator(settings, loaded.device)
+    suppress = torch.tensor(sorted(loaded.eos_ids), device=loaded.device) if ignore_eos and loaded.eos_ids else None
+    cuda = loaded.device == "cuda"
+    host = torch.empty((1, 1), dtype=torch.long, pin_memory=cuda)
+    ready = torch.cuda.Event() if cuda else None
+
+    with torch.no_grad():
+        dec.prepare(int(input_ids.shape[1]) + max_new + 1)
+        logits = dec.prefill(input_ids)
+        tok = sample_next(logits, settings, gen, suppress)
+        produced = 0
+        while True:
+            host.copy_(tok, non_blocking=cuda)
+            if cuda:
+                ready.record()
+            produced += 1
+            more = produced < max_new and not cancel.is_set()
+            if more and dec.graph is not None:
+                # Queue step t+1 before reading token t: the GPU works while the host detokenises.
+                logits = dec.step(tok)
+                tok = sample_next(logits, settings, gen, suppress)
+                if cuda:
+                    ready.synchronize()
+                tid = int(host.item())
+                yield tid
+                if tid in loaded.eos_ids and not ignore_eos:
+                    return
+                continue
+            if cuda:
+                ready.synchronize()
+            tid = int(host.item())
+            yield tid
+            if not more or (tid in loaded.eos_ids and not ignore_eos) or cancel.is_set():
+                return
+            logits = dec.step(tok)
+            if dec.graph_failed and not any(n.startswith("CUDA graph off") for n in notes):
+                notes.append(f"CUDA graph off ({dec.graph_failed}); decoding eagerly")
+            tok = sample_next(logits, settings, gen, suppress)
+
+
+# ---------------------------------------------------------------- generate() in a helper thread
+
+
+class _CancelCriteria:
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _QueueStreamer:
+    """transformers' streamer protocol: ``put`` gets the prompt once, then each new token."""
+
+    def __init__(self):
+        self.q: queue.Queue = queue.Queue()
+        self.seen_prompt = False
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        for tid in value.reshape(-1).tolist():
+            self.q.put(int(tid))
+
+    def end(self) -> None:
+        self.q.put(None)
+
+
+_seed_lock = threading.Lock()
+
+
+def _tokens_via_generate(loaded: LoadedModel, input_ids, settings: SamplingSettings, max_new: int,
+                         cancel: threading.Event, ignore_eos: bool) -> Iterator[int]:
+    import torch
+    from transformers import StoppingCriteriaList
+
+    streamer = _QueueStreamer()
+    stop = threading.Event()
+    kwargs: dict[str, Any] = dict(
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new,
+        streamer=streamer, stopping_criteria=StoppingCriteriaList([_CancelCriteria(_either(cancel, stop))]),
+        eos_token_id=list(loaded.eos_ids), pad_token_id=loaded.tokenizer.pad_token_id,
+    )
+    if settings.greedy:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
+                      top_k=settings.top_k or None)
+    if ignore_eos:
+        kwargs["min_new_tokens"] = max_new
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                if settings.seed is not None:
+                    with _seed_lock:
+                        torch.manual_seed(settings.seed)
+                loaded.model.generate(**kwargs)
+        except BaseException as exc:  # re-raised in the consumer's thread
+            failure.append(exc)
+        finally:
+            streamer.q.put(None)
+
+    thread = threading.Thread(target=work, name="medtui-generate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            tid = streamer.q.get()
+            if tid is None:
+                break
+            yield tid
+    finally:
+        stop.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+class _either:
+    """Set when either event is: the user's cancel, or the consumer having stopped reading."""
+
+    def __init__(self, a: threading.Event, b: threading.Event):
+        self.a, self.b = a, b
+
+    def is_set(self) -> bool:
+        return self.a.is_set() or self.b.is_set()

@@ -1,0 +1,159 @@
+"""The Case console through the real app (App.run_test + Pilot) on the real demo model: type a case,
+watch it stream, stop it, compare tuned with base, save the transcript and read it back."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from test_infer_engine import make_adapter
+from textual.widgets import Input, Static, TextArea
+
+from medtui.app import DISCLAIMER, MedtuiApp
+from medtui.screens.console import ConsoleScreen, ListPicker, ModelPicker, SamplingDialog
+from medtui_engine.infer import SamplingSettings
+from medtui_engine.transcripts import load_transcript
+
+SIZE = (80, 24)
+
+
+def app_on(mode: str) -> MedtuiApp:
+    """The real app, starting on ``mode`` (start_mode would first mount the Environment screen, whose
+    library probes then hold the app's exit for half a minute)."""
+    import medtui.app
+
+    css = str(Path(medtui.app.__file__).with_name("app.tcss"))
+    cls = type("MedtuiAppOn", (MedtuiApp,), {"DEFAULT_MODE": mode, "CSS_PATH": css})
+    return cls()
+
+
+async def wait_for(pilot, cond, limit: float = 240.0) -> None:
+    """Let the app run until ``cond()`` holds (a bound on waiting, not a timing assertion)."""
+    end = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("the console did not get there")
+        await pilot.pause(0.05)
+
+
+def console(app: MedtuiApp) -> ConsoleScreen:
+    screen = app.screen
+    assert isinstance(screen, ConsoleScreen)
+    return screen
+
+
+@pytest.fixture(scope="module")
+def adapter_run(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("console-runs") / "20261124-130000-demo"
+    run.mkdir()
+    make_adapter(demo_model, run / "adapter")
+    (run / "spec.json").write_text(json.dumps({"model": "demo", "template": "chat"}))
+    return run
+
+
+async def test_type_send_stream_save_and_read_back(demo_model: Path, workspace: Path) -> None:
+    app = app_on("console")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        scr = console(app)
+        assert str(scr.query_one("#console-disclaimer", Static).render()) == DISCLAIMER
+        # sampling: the seed's defaults, edited through the dialog
+        await pilot.press("f7")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, SamplingDialog)
+        assert dialog.query_one("#s-temperature", Input).value == "0.3"
+        assert dialog.query_one("#s-top_p", Input).value == "0.9"
+        field = dialog.query_one("#s-max_new_tokens", Input)
+        assert field.value == "1024"
+        field.focus()
+        field.value = "40"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert scr.settings.max_new_tokens == 40 and scr.settings.temperature == 0.3
+        # type a case and send it; no model yet, so the default (demo) loads first
+        scr.query_one("#console-case", TextArea).focus()
+        await pilot.press(*"male 62, dysphagia 2 months")
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: scr.state == "idle" and scr.transcript.entries)
+        view = scr.tuned_view
+        assert scr.stream_updates >= 1                       # text arrived before the end
+        assert scr.stream_updates < view.output_tokens        # ...in batches, not per token
+        assert view.complete and view.output and view.stats.output_tokens <= 40
+        assert "random weights, demo only" in str(scr.query_one("#console-model", Static).render())
+        # random weights write no sections: all five are flagged missing once complete
+        assert len(view.sections.missing) == 5
+        assert "✗疑似诊断" in str(view.query_one(".answer-sections", Static).render())
+        entry = scr.transcript.entries[0]
+        assert entry.question == "male 62, dysphagia 2 months" and entry.output == view.output
+        # save, then read it back
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        md, jl = scr.last_saved
+        assert md.parent == workspace / "transcripts" and md.exists() and jl.exists()
+        assert DISCLAIMER in md.read_text(encoding="utf-8")
+        back = load_transcript(jl)
+        assert [(e.question, e.output, e.stats) for e in back.entries] == [(entry.question, entry.output, entry.stats)]
+        scr.query_one("#console-case", TextArea).text = ""
+        scr.transcript = type(scr.transcript).new()
+        await pilot.press("f9")
+        await pilot.pause()
+        assert isinstance(app.screen, ListPicker)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert scr.query_one("#console-case", TextArea).text == entry.question
+        assert scr.tuned_view.output == entry.output and len(scr.transcript.entries) == 1
+
+
+async def test_stop_mid_generation(demo_model: Path, workspace: Path) -> None:
+    app = app_on("console")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        scr = console(app)
+        await pilot.press("ctrl+l")                            # the model picker: the demo comes first
+        await pilot.pause()
+        assert isinstance(app.screen, ModelPicker)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: scr.state == "idle" and "tuned" in scr.models)
+        status = str(scr.query_one("#console-status", Static).render())
+        assert "loaded medtui-demo-qwen3-tiny (random weights, demo only)" in status and "no GPU (CPU)" in status
+        await pilot.press("ctrl+o")                            # a demo case
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "吞咽困难" in scr.query_one("#console-case", TextArea).text
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: scr.stream_updates >= 1 and scr.state == "answering")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: scr.state == "idle")
+        view = scr.tuned_view
+        assert view.stats.finish_reason == "cancelled" and view.stats.output_tokens < 1024
+        assert "stopped" in str(view.query_one(".answer-stats", Static).render())
+
+
+async def test_compare_tuned_and_base_side_by_side(adapter_run: Path, workspace: Path) -> None:
+    app = app_on("runs")  # the Runs screen opens a run in the console like this:
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.goto("console", run=str(adapter_run), compare=True)
+        await pilot.pause()
+        scr = console(app)
+        await wait_for(pilot, lambda: scr.state == "idle" and len(scr.models) == 2)
+        assert scr.models["tuned"].source.adapter_dir == adapter_run / "adapter"
+        assert scr.models["base"].source.adapter_dir is None
+        assert scr.base_view.display and scr.tuned_view.display
+        scr.settings = SamplingSettings(temperature=0, max_new_tokens=12)
+        scr.query_one("#console-case", TextArea).text = "女性，29岁，孕36周，头痛2天，BP 162/108mmHg"
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: scr.state == "idle" and len(scr.transcript.entries) == 2)
+        tuned, base = scr.transcript.entries
+        assert (tuned.side, base.side) == ("tuned", "base") and tuned.case == base.case == 1
+        assert tuned.template == base.template == "chat"      # the run's template, for both sides
+        assert tuned.output != base.output
+        assert scr.tuned_view.output == tuned.output and scr.base_view.output == base.output
+        assert "[base]" in str(scr.base_view.query_one(".answer-title", Static).render())
+        await pilot.press("ctrl+r")                            # compare off: the base is unloaded
+        await pilot.pause()
+        assert not scr.base_view.display and "base" not in scr.models
