@@ -18,4 +18,5 @@ class ScreenEntry:
 SCREENS: tuple[ScreenEntry, ...] = (
     ScreenEntry("environment", "Environment", "f2", "medtui.screens.environment", "EnvironmentScreen"),
     ScreenEntry("dataset", "Dataset", "f3", "medtui.screens.dataset", "DatasetScreen"),
+    ScreenEntry("console", "Console", "f6", "medtui.screens.console", "ConsoleScreen"),
 )
