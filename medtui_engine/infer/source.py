@@ -191,6 +191,13 @@ def resolve_source(arg: str | None, runs_dir: Path | None = None, merged_dir: Pa
     if merged_dir is not None:
         candidates.append(Path(merged_dir) / given)
     path = next((p for p in candidates if p.is_dir()), None)
+    if path is None and runs_dir is not None:
+        from ..runs.store import find_run  # a unique prefix of a run id, or "last"
+
+        try:
+            path = find_run(Path(runs_dir), given)
+        except LookupError:
+            pass
     if path is None:
         raise UserError(f"no model called {given!r}: give 'demo', a model directory (config.json + weights), "
                         "a run directory or run id, or an adapter directory")
