@@ -18,5 +18,7 @@ class ScreenEntry:
 SCREENS: tuple[ScreenEntry, ...] = (
     ScreenEntry("environment", "Environment", "f2", "medtui.screens.environment", "EnvironmentScreen"),
     ScreenEntry("dataset", "Dataset", "f3", "medtui.screens.dataset", "DatasetScreen"),
+    ScreenEntry("train", "Train", "f4", "medtui.screens.train", "TrainScreen"),
+    ScreenEntry("runs", "Runs", "f5", "medtui.screens.runs", "RunsScreen"),
     ScreenEntry("console", "Console", "f6", "medtui.screens.console", "ConsoleScreen"),
 )

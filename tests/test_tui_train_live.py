@@ -1,0 +1,176 @@
+"""The Train screen with the real app (App.run_test + Pilot): the live view following a run
+directory while events are appended, the form's inline validation, and 80x24."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from medtui.app import MedtuiApp
+from medtui.screens.train import RunView, TrainScreen
+from medtui.widgets.curves import LineChart
+from medtui_engine.runs.jobs import JOB_FILE, proc_start_time
+
+FIXTURES = Path(__file__).parent / "fixtures" / "runs"
+FINISHED = FIXTURES / "20251124-160000-qwen7b"
+
+
+async def wait_until(pilot, pred, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def make_app(workspace: Path):
+    """The real app, opening on the given screen (``medtui --screen NAME``)."""
+    def make(mode: str = "runs") -> MedtuiApp:
+        return MedtuiApp(workspace=str(workspace), start_mode=mode)
+    return make
+
+
+def view_ready(app) -> bool:
+    if not isinstance(app.screen, TrainScreen):
+        return False
+    views = app.screen.query(RunView)
+    return bool(views) and views.first().snapshot is not None
+
+
+def status_of(app) -> str:
+    return str(app.screen.query_one("#rv-status").render())
+
+
+def copy_run(dst_runs: Path, lines: int) -> tuple[Path, list[bytes]]:
+    run = dst_runs / FINISHED.name
+    run.mkdir(parents=True)
+    for name in ("spec.json", "stdout.log"):
+        shutil.copy(FINISHED / name, run / name)
+    all_lines = (FINISHED / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (run / "events.jsonl").write_bytes(b"".join(all_lines[:lines]))
+    return run, all_lines
+
+
+@pytest.mark.asyncio
+async def test_live_view_follows_a_run_while_events_are_appended(make_app):
+    app = make_app()
+    run, lines = copy_run(app.ctx.runs_dir, 40)
+    # this test process stands in for the job: alive, so the run is not "crashed"
+    (run / JOB_FILE).write_text(json.dumps({"pid": os.getpid(), "start_time": proc_start_time(os.getpid())}))
+    async with app.run_test(size=(100, 32)) as pilot:
+        app.goto("train", run=str(run))
+        await wait_until(pilot, lambda: view_ready(app), "the first snapshot")
+        view = app.screen.query_one(RunView)
+        first_step = view.snapshot.state.step
+        assert 0 < first_step < 240
+        assert "STALLED" in status_of(app)  # alive, but its recorded events are old
+        assert f"step {first_step}/240" in status_of(app)
+        loss = app.screen.query_one("#rv-loss", LineChart)
+        assert len(loss.data.series[0].xs) == first_step
+
+        # more events, the last one torn in half
+        with open(run / "events.jsonl", "ab") as fh:
+            fh.write(b"".join(lines[40:120]) + lines[120][:25])
+        expected = json.loads(lines[119])["seq"]
+        await wait_until(pilot, lambda: view.snapshot.state.last_seq == expected, "the appended events")
+        assert view.snapshot.state.step > first_step
+        assert len(loss.data.series[0].xs) == view.snapshot.state.step
+        await pilot.pause(0.5)
+        assert view.snapshot.state.last_seq == expected  # the torn line waits for its end
+
+        with open(run / "events.jsonl", "ab") as fh:
+            fh.write(lines[120][25:] + b"".join(lines[121:]))
+        await wait_until(pilot, lambda: view.snapshot.status == "finished", "the finished event")
+        assert "FINISHED" in status_of(app)
+        assert "step 240/240" in status_of(app)
+        assert len(loss.data.points) == 6        # eval points
+        assert loss.data.vlines == (80, 160, 240)  # checkpoints
+        assert "finished at step 240" in app.screen.query_one("#rv-log").lines[-1]
+
+
+@pytest.mark.asyncio
+async def test_live_view_is_usable_at_80x24(make_app):
+    app = make_app()
+    run, _ = copy_run(app.ctx.runs_dir, 10_000)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("train", run=str(run))
+        await wait_until(pilot, lambda: view_ready(app), "the first snapshot")
+        await pilot.pause(0.2)
+        screen = app.screen
+        assert screen.query_one("#rv-status").size.height >= 2
+        assert screen.query_one("#rv-loss").size.height >= 6
+        assert screen.query_one("#rv-lr").size.height >= 3
+        assert screen.query_one("#rv-log").size.height >= 3
+        assert "FINISHED" in status_of(app)
+        # log scale toggles
+        await pilot.press("g")
+        assert screen.query_one("#rv-loss", LineChart).data.log_y
+
+
+@pytest.mark.asyncio
+async def test_form_shows_the_engines_messages_inline_and_blocks_start(make_app, workspace: Path, demo_model: Path):
+    app = make_app("train")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen._ready, "the form")
+        screen = app.screen
+        start = screen.query_one("#train-start")
+        assert screen.query_one("#f-lora_r").value == "32"            # the seed's defaults
+        assert screen.query_one("#f-grad_accum").value == "8"
+        assert screen.query_one("#f-learning_rate").value == "0.0001"
+        assert not start.disabled, screen.problems
+
+        screen.query_one("#f-lora_r").value = "0"
+        screen.query_one("#f-epochs").value = "three"
+        await pilot.pause(0.2)
+        err_r = str(screen.query_one("#err-lora_r").render())
+        assert "LoRA rank" in err_r and "1 to 1024" in err_r
+        assert "must be a number" in str(screen.query_one("#err-epochs").render())
+        assert start.disabled
+        assert screen.query_one("#f-lora_r").has_class("-invalid")
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.1)
+        assert not list(app.ctx.runs_dir.iterdir())  # nothing started
+
+        screen.query_one("#f-data").value = str(workspace / "missing.jsonl")
+        await pilot.pause(0.2)
+        assert "does not exist" in str(screen.query_one("#err-data").render())
+
+        screen.query_one("#f-lora_r").value = "16"
+        screen.query_one("#f-epochs").value = "1"
+        screen.query_one("#f-data").value = str(Path(__file__).parents[1] / "data" / "demo_train.jsonl")
+        await pilot.pause(0.2)
+        assert not start.disabled, screen.problems
+        assert not screen.query_one("#err-lora_r").display
+
+        # will it fit: the engine's estimate for this model and setting, computed in a worker
+        screen.query_one("#f-max_seq_length").value = "4096"
+        await pilot.press("ctrl+e")
+        fit = screen.query_one("#train-fit")
+        await wait_until(pilot, lambda: "GiB" in str(fit.render()), "the estimate", 60)
+        text = str(fit.render())
+        assert "random weights, demo only" in text and "seq 4096" in text and "r=16" in text
+
+
+@pytest.mark.asyncio
+async def test_live_view_actions_are_in_the_command_palette(make_app):
+    app = make_app()
+    run, _ = copy_run(app.ctx.runs_dir, 10_000)
+    async with app.run_test(size=(100, 32)) as pilot:
+        app.goto("train", run=str(run))
+        await wait_until(pilot, lambda: view_ready(app), "the first snapshot")
+        view = app.screen.query_one(RunView)
+        assert not view.log_y
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        for ch in "log scale":
+            await pilot.press("space" if ch == " " else ch)
+        await pilot.pause(0.8)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: view.log_y, "log scale from the palette", 10)
