@@ -82,6 +82,8 @@ class DatasetScreen(Screen):
         Binding("left_square_bracket", "step_row(-1)", "Prev row", id="dataset-prev", tooltip="Preview the previous row"),
         Binding("right_square_bracket", "step_row(1)", "Next row", id="dataset-next", tooltip="Preview the next row"),
         Binding("g", "goto_row", "Go to row", id="dataset-goto", tooltip="Preview a row by its number"),
+        Binding("n", "train_with_file", "Train on it", id="dataset-train",
+                tooltip="Open the Train form with this file, template and max length filled in"),
     ]
 
     # -- messages from workers (payloads are not touched again by the thread) --------------------
@@ -214,6 +216,13 @@ class DatasetScreen(Screen):
         if values["question"] is None or values["response"] is None:
             return None
         return FieldMapping(values["question"], values["cot"], values["response"])
+
+    def action_train_with_file(self) -> None:
+        if self.report is None:
+            self.notify("Validate a file first (v): training starts from a checked file.", severity="warning")
+            return
+        max_seq = self._int("#ds-max-seq", 8192, 16)
+        self.app.goto("train", data=str(self.report.dataset.path), template=self.template, max_seq_length=max_seq)
 
     def action_validate(self, new_file: bool = False, reuse: bool = False) -> None:
         """Validate the file: from scratch (new_file), re-reading it (v: it may have been fixed), or

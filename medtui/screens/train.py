@@ -572,6 +572,12 @@ class TrainScreen(Screen):
         run = params.get("run")
         if run:
             self.show_run(Path(run))
+        elif params.get("data"):
+            # From the Dataset screen: a new run on the file just checked, with its template and length.
+            self.action_new_run()
+            for name in ("data", "template", "max_seq_length"):
+                if params.get(name) is not None:
+                    self.query_one(f"#f-{name}").value = params[name] if name == "template" else str(params[name])
 
     # ---- the form
     def read_form(self) -> tuple[dict, dict[str, str]]:

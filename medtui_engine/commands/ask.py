@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, metavar="N", help=f"default {d.max_new_tokens}")
     s.add_argument("--seed", type=int, metavar="S", help="random seed, for repeatable sampling")
     e = parser.add_argument_group("engine")
-    e.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: Unsloth on a GPU when installed, else transformers")
+    e.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: transformers with medtui's CUDA-graph decode loop (fastest measured); unsloth: Unsloth's fast inference")
     e.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load the weights in 4-bit (GPU only)")
     e.add_argument("--decode", choices=DECODE_MODES, default="auto", help="transformers decode path (auto: CUDA graph on a GPU)")
     parser.add_argument("--save", action="store_true", help="also save a transcript (Markdown + JSONL) in the workspace")

@@ -25,7 +25,7 @@ Progress = Callable[[str, float], None]  # (what is happening, fraction done 0..
 
 @dataclass(frozen=True)
 class LoadOptions:
-    backend: str = "auto"          # auto: Unsloth where it imports and a GPU is present, else transformers
+    backend: str = "auto"          # auto: transformers with our CUDA-graph decode loop (fastest measured); unsloth on request
     load_in_4bit: bool = False
     dtype: str = "auto"            # auto: bf16 where the GPU supports it, else fp16; fp32 on the CPU
     cuda_graphs: bool = True       # transformers path on a GPU: replay each decode step as one CUDA graph
@@ -79,7 +79,10 @@ def pick_backend(backend: str, cuda: bool) -> str:
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "unsloth" if cuda and unsloth_importable() else "hf"
+        # Measured on an H100 (Qwen2.5-7B shape, 512-token prompt, 256 new tokens, batch 1): our own
+        # transformers decode loop replayed as a CUDA graph gives 112 tok/s in bf16 and 138 in 4-bit,
+        # Unsloth's fast inference 36 and 26. So auto takes the transformers path; Unsloth stays a choice.
+        return "hf"
     if backend == "unsloth" and not unsloth_importable():
         raise UserError("the unsloth backend was asked for but Unsloth is not installed; use --backend hf")
     return backend

@@ -1,0 +1,42 @@
+"""Across screens, as a user moves: a checked data file goes to the Train form with one key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import Input, Select
+
+from medtui.app import MedtuiApp
+from medtui.screens.dataset import DatasetScreen
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "demo_train.jsonl"
+
+
+async def _wait(pilot, cond, tries=400):
+    for _ in range(tries):
+        if cond():
+            return True
+        await pilot.pause(0.1)
+    return False
+
+
+async def test_dataset_hands_the_checked_file_to_the_train_form(workspace, demo_model):
+    app = MedtuiApp(start_mode="dataset")
+    async with app.run_test(size=(100, 32)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DatasetScreen)
+        await pilot.press("n")  # nothing checked yet: a message, no switch
+        await pilot.pause()
+        assert app.current_mode == "dataset"
+        await pilot.press("o")
+        screen.query_one("#ds-path", Input).value = str(DATA)
+        await pilot.press("enter")
+        assert await _wait(pilot, lambda: screen.report is not None)
+        await pilot.press("t")  # the chat template, then on to training
+        await pilot.pause()
+        await pilot.press("n")
+        assert await _wait(pilot, lambda: app.current_mode == "train")
+        train = app.screen
+        assert await _wait(pilot, lambda: train.query_one("#f-data").value == str(DATA))
+        assert train.query_one("#f-template", Select).value == "chat"
+        assert train.query_one("#f-max_seq_length").value == "8192"
