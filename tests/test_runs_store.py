@@ -135,6 +135,18 @@ def test_gpu_guard_finds_a_medtui_job_on_our_gpu(tmp_path):
     assert busy_gpus(None, nvml=NvmlInfo(False, error="no driver")) == []
 
 
+def test_gpu_guard_ignores_a_job_that_already_finished(tmp_path):
+    # Seen on the H100: a run wrote `finished` while its process was still exiting; a second
+    # training started right after it must not be refused.
+    runs = tmp_path / "runs"
+    done = new_run_dir(runs, "done")
+    _write_events(done, ("job_start", dict(pid=4242, start_time=None, backend="hf", resumed_from=None, versions={})),
+                  ("finished", dict(step=3, adapter=str(done / "adapter"), runtime_s=1.0, final_loss=1.0)))
+    job = GpuProcess(4242, 20000.0, f"{sys.executable} -m medtui_engine.train.job {done}")
+    info = NvmlInfo(True, "580", "13.0", None, (_gpu(0, [job]),))
+    assert busy_gpus(runs, nvml=info, visible=None) == []
+
+
 def test_train_picks_a_free_gpu_and_refuses_a_busy_one_unless_forced(tmp_path, monkeypatch):
     from medtui_engine.commands.train import check_gpu_free
     from medtui_engine.errors import UserError

@@ -46,6 +46,8 @@ def busy_gpus(runs_dir: Path | None, nvml=None, visible: list[int] | None = None
                 parts = p.name.split()
                 if JOB_MODULE in parts and parts.index(JOB_MODULE) + 1 < len(parts):
                     run = parts[parts.index(JOB_MODULE) + 1]
+                if run and _ended(Path(run)):
+                    continue  # it wrote its terminal event and is only exiting
                 busy[(g.index, p.pid)] = BusyGpu(g.index, p.pid, run)
     if runs_dir is not None and Path(runs_dir).is_dir():
         from .events import read_events
@@ -61,10 +63,24 @@ def busy_gpus(runs_dir: Path | None, nvml=None, visible: list[int] | None = None
             if str(job.get("module", "")) != JOB_MODULE:
                 continue
             state = fold(read_events(run / EVENTS_FILE))
+            if state.terminal:
+                continue  # finished, stopped or failed: the process is only exiting
             used = {int(g["index"]) for g in state.gpus if isinstance(g, dict) and isinstance(g.get("index"), int)}
             for idx in sorted(used & indices):
                 busy.setdefault((idx, job.get("pid")), BusyGpu(idx, job.get("pid"), str(run)))
     return sorted(busy.values(), key=lambda b: (b.index, b.pid or 0))
+
+
+def _ended(run: Path) -> bool:
+    """The run wrote its terminal event (a job process may still be exiting after it)."""
+    from .events import read_events
+    from .state import fold
+    from .store import EVENTS_FILE
+
+    try:
+        return fold(read_events(run / EVENTS_FILE)).terminal
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
