@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -49,18 +50,19 @@ def headless_once() -> tuple[float, float, str]:
 def terminal_once(medtui_cmd: list[str]) -> float | None:
     if not shutil.which("tmux"):
         return None
-    name = f"medtui-bench-{time.time_ns()}"
+    name = f"medtui-bench-{os.getpid()}-{time.time_ns()}"
+    sock = ["-L", name]  # a private tmux server per run: never touches the user's sessions
     t = time.perf_counter()
-    subprocess.run(["tmux", "-L", "medtui-bench", "new-session", "-d", "-s", name, "-x", "80", "-y", "24", *medtui_cmd], check=True)
+    subprocess.run(["tmux", *sock, "new-session", "-d", "-s", name, "-x", "80", "-y", "24", *medtui_cmd], check=True)
     try:
         while time.perf_counter() - t < 30:
-            screen = subprocess.run(["tmux", "-L", "medtui-bench", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
+            screen = subprocess.run(["tmux", *sock, "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
             if "medtui" in screen and "Environment" in screen:
                 return time.perf_counter() - t
             time.sleep(0.02)
         return None
     finally:
-        subprocess.run(["tmux", "-L", "medtui-bench", "kill-session", "-t", name], capture_output=True)
+        subprocess.run(["tmux", *sock, "kill-server"], capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
