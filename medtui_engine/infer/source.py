@@ -8,12 +8,12 @@ into a ``ModelSource`` before anything heavy is imported. The prompt template co
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..demo import DEMO_LABEL, is_demo_model, model_label, resolve_model
 from ..errors import UserError
+from ..runs.store import run_adapter
 from ..templates import TEMPLATES
 
 DEFAULT_TEMPLATE = "seed"
@@ -126,20 +126,6 @@ def _spec_model(spec: dict, spec_path: Path) -> Path:
         return resolve_model(value)
     except FileNotFoundError as exc:
         raise UserError(f"{spec_path}: the run's base model is not usable: {exc}") from None
-
-
-def _checkpoint_step(path: Path) -> int:
-    m = re.search(r"(\d+)$", path.name)
-    return int(m.group(1)) if m else -1
-
-
-def run_adapter(run_dir: Path) -> Path | None:
-    """The run's final adapter, else its newest checkpoint holding an adapter."""
-    final = run_dir / "adapter"
-    if (final / ADAPTER_CONFIG).exists():
-        return final
-    ckpts = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / ADAPTER_CONFIG).exists()]
-    return max(ckpts, key=_checkpoint_step) if ckpts else None
 
 
 def _from_run(run_dir: Path, given: str) -> ModelSource:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..demo import is_demo_model, model_label, resolve_model
 from ..errors import UserError
+from ..runs.store import checkpoint_step, newest_adapter_checkpoint
 from .adapter import AdapterInfo, check_against_base, is_adapter_dir, read_adapter
 from .stfiles import SafetensorsError, model_tensors
 
@@ -80,17 +81,6 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _checkpoint_step(path: Path) -> int | None:
-    m = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
-             if _checkpoint_step(p) is not None and is_adapter_dir(p)]
-    return max(ckpts, key=_checkpoint_step) if ckpts else None
-
-
 def _find_run_dir(path: Path) -> Path | None:
     """The run an adapter belongs to: the adapter itself, ``RUN/adapter`` or ``RUN/checkpoints/checkpoint-N``."""
     for cand in (path, path.parent, path.parent.parent):
@@ -116,7 +106,7 @@ def resolve_source(source: str | os.PathLike[str], runs_dir: Path | None) -> tup
     path = path.resolve()
     if is_adapter_dir(path):
         run_dir = _find_run_dir(path)
-        step = _checkpoint_step(path)
+        step = checkpoint_step(path)
         kind = f"checkpoint-{step}" if step is not None else ("final adapter" if run_dir and path.name == "adapter" else "adapter directory")
         return path, run_dir, kind, step
     if (path / "spec.json").is_file():
@@ -129,9 +119,9 @@ def resolve_source(source: str | os.PathLike[str], runs_dir: Path | None) -> tup
         if is_adapter_dir(path / "adapter"):
             meta = _read_json(path / "adapter" / ADAPTER_META)
             return path / "adapter", path, "final adapter", meta.get("step")
-        ckpt = newest_checkpoint(path)
+        ckpt = newest_adapter_checkpoint(path)
         if ckpt is not None:
-            return ckpt, path, f"checkpoint-{_checkpoint_step(ckpt)} (newest)", _checkpoint_step(ckpt)
+            return ckpt, path, f"checkpoint-{checkpoint_step(ckpt)} (newest)", checkpoint_step(ckpt)
         raise UserError(f"run {path.name} has no adapter yet: neither adapter/ nor a checkpoint. "
                         "It needs to train at least until its first checkpoint")
     raise UserError(f"{path} is neither a run directory (spec.json) nor a LoRA adapter (adapter_config.json)")

@@ -146,6 +146,27 @@ def find_run(runs_dir: Path, ref: str) -> Path:
     raise LookupError(f"'{ref}' matches {len(matches)} runs ({', '.join(matches[:4])}...): give more of the id")
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """N for a ``checkpoint-N`` directory, else None."""
+    m = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def newest_adapter_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``checkpoints/checkpoint-N`` that holds a PEFT adapter (what merge and the console use)."""
+    ckpts = [p for p in (Path(run_dir) / CHECKPOINTS_DIR).glob("checkpoint-*")
+             if checkpoint_step(p) is not None and (p / "adapter_config.json").is_file()]
+    return max(ckpts, key=checkpoint_step) if ckpts else None
+
+
+def run_adapter(run_dir: Path) -> Path | None:
+    """A run's final adapter (``adapter/``), else its newest checkpoint holding one."""
+    final = Path(run_dir) / "adapter"
+    if (final / "adapter_config.json").is_file():
+        return final
+    return newest_adapter_checkpoint(run_dir)
+
+
 def newest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete trainer checkpoint (``checkpoints/checkpoint-N`` with its trainer state)."""
     ckdir = Path(run_dir) / CHECKPOINTS_DIR
