@@ -89,10 +89,11 @@ def do_list(ctx, args) -> int:
     if not runs:
         print(f"no runs yet in {ctx.runs_dir}; start one with `medtui train --data FILE --model DIR|demo`")
         return EXIT_OK
-    print(f"{'RUN':34} {'STATUS':9} {'STEP':>11} {'LOSS':>8} {'BEST':>8}  {'STARTED':16}  MODEL")
+    width = max(len("RUN"), *(len(r.run_id) for r in runs))  # whole ids: they are what users copy
+    print(f"{'RUN':{width}} {'STATUS':9} {'STEP':>11} {'LOSS':>8} {'BEST':>8}  {'STARTED':16}  MODEL")
     for r in runs:
         step = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
-        print(f"{r.run_id[:34]:34} {r.status:9} {step:>11} {_loss(r.last_loss):>8} {_loss(r.best_loss):>8}  "
+        print(f"{r.run_id:{width}} {r.status:9} {step:>11} {_loss(r.last_loss):>8} {_loss(r.best_loss):>8}  "
               f"{_when(r.started):16}  {r.model_label}")
     return EXIT_OK
 
