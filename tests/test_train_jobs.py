@@ -6,6 +6,7 @@ TUI does. Runs are tiny (a handful of cases, short sequences, a few steps) to ke
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -95,6 +96,12 @@ def assert_trained(run: Path, backend: str) -> None:
     first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
     print(f"\n{backend}: loss {first:.4f} -> {last:.4f} over {len(losses)} steps")
     assert last < first, losses
+    # the data file's hash and the exact split are recorded for the run
+    spec = json.loads((run / "spec.json").read_text())
+    record = json.loads((run / "data.json").read_text())
+    assert record["sha256"] == hashlib.sha256(Path(spec["data"]).read_bytes()).hexdigest()
+    assert len(record["train_rows"]) + len(record["eval_rows"]) == record["rows_used"]
+    assert record["eval_fraction"] == spec["eval_fraction"] and record["seed"] == spec["seed"]
     adapter = run / "adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     cfg = json.loads((adapter / "adapter_config.json").read_text())

@@ -38,6 +38,30 @@ def load_train_cases(path: str | Path, question: str, cot: str, response: str) -
     return cases, notes
 
 
+def data_record(path: str | Path, cases: list[TrainCase], train: list[TrainCase], evals: list[TrainCase],
+                eval_fraction: float, seed: int) -> dict:
+    """What a run records about its data (data.json): enough to know the file is the same and to
+    rebuild the exact split (the rows in each part, by their row number in the file)."""
+    import hashlib
+
+    sha = None  # a save_to_disk directory has no one file to hash
+    if Path(path).is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        sha = digest.hexdigest()
+    return {
+        "path": str(Path(path).resolve()),
+        "sha256": sha,
+        "rows_used": len(cases),
+        "eval_fraction": eval_fraction,
+        "seed": seed,
+        "train_rows": [c.row for c in train],
+        "eval_rows": [c.row for c in evals],
+    }
+
+
 def split_train_eval(cases: list[TrainCase], eval_fraction: float, seed: int) -> tuple[list, list]:
     if eval_fraction <= 0:
         return cases, []

@@ -12,6 +12,7 @@ Exit status: 0 finished or stopped, 1 failed.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -262,6 +263,24 @@ def _nvml_index(torch) -> int:
     return visible[cur] if visible and cur < len(visible) else cur
 
 
+def _record_data(run_dir: Path, record: dict, writer: EventWriter) -> None:
+    """data.json: the data file's hash and the exact split. On resume, a changed file is said plainly."""
+    path = run_dir / "data.json"
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            before = {}
+        if before.get("sha256") != record["sha256"] or before.get("train_rows") != record["train_rows"]:
+            writer.emit("notice", level="warning", message=(
+                f"the data file {record['path']} changed since this run started (sha256 or split differs): "
+                "the resumed training continues on the new content"))
+        return
+    tmp = run_dir / ".data.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
 def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, stop: StopFlag,
           resume_ckpt: Path | None, progress: Progress, heartbeat: Heartbeat | None = None) -> int:
     from .backends import import_backend_first
@@ -272,7 +291,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     from trl import SFTConfig, SFTTrainer
 
     from .backends import load_for_training, optimizer_for
-    from .data import load_train_cases, split_train_eval, tokenize_cases
+    from .data import data_record, load_train_cases, split_train_eval, tokenize_cases
 
     # the data first: a bad file should fail in seconds, not after loading a 14B model
     cases, notes = load_train_cases(spec.data, spec.field_question, spec.field_cot, spec.field_response)
@@ -281,6 +300,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     if spec.limit_rows:
         cases = cases[: spec.limit_rows]
     train_cases, eval_cases = split_train_eval(cases, spec.eval_fraction, spec.seed)
+    _record_data(run_dir, data_record(spec.data, cases, train_cases, eval_cases, spec.eval_fraction, spec.seed), writer)
 
     loaded = load_for_training(spec, spec.model, backend)
     if heartbeat is not None and torch.cuda.is_available():
