@@ -109,6 +109,9 @@ def build_demo_model(out: Path, seed: int = 0) -> Path:
     # Heavy imports here, not at module scope: the TUI imports this module.
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its bars would scribble over the CLI's output and the TUI
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out.parent))
