@@ -98,7 +98,7 @@ def bench_render(tmp: Path, steps: int = TOTAL) -> dict:
         cpu.append(time.process_time() - c)
     app_s, app_cpu_s = asyncio.run(_app_render(tmp, run_dir, snap))
     return {"events": w.folded, "fold_s": fold_s, "snapshot_s": snap_s, "charts_s": statistics.median(times), "charts_cpu_s": statistics.median(cpu),
-            "app_update_s": app_s, "app_update_cpu_s": app_cpu_s, "points": len(snap.loss_x)}
+            "app_update_s": app_s, "app_update_cpu_s": app_cpu_s, "points": snap.state.step, "plotted": len(snap.loss_x)}
 
 
 def _app(tmp: Path):
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MEDTUI_CONFIG"] = str(tmp / "no-config.toml")
         if a.only in (None, "render"):
             r = bench_render(tmp, a.steps)
-            print(f"render  {r['points']:,}-step history ({r['events']:,} events): fold {r['fold_s'] * 1000:.0f} ms "
+            print(f"render  {r['points']:,}-step history ({r['events']:,} events, {r['plotted']:,} loss points plotted): fold {r['fold_s'] * 1000:.0f} ms "
                   f"(once, on attach), snapshot {r['snapshot_s'] * 1000:.1f} ms, charts {r['charts_s'] * 1000:.1f} ms wall / "
                   f"{r['charts_cpu_s'] * 1000:.1f} ms CPU, "
                   f"whole live view redrawn {r['app_update_s'] * 1000:.1f} ms wall / "

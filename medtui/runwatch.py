@@ -36,6 +36,7 @@ from medtui_engine.runs.store import (
 )
 from medtui_engine.runs.tailer import EventTailer
 
+from .widgets.curves import Envelope
 from .widgets.logtail import LogTailReader
 
 MAX_RATE = 4.0            # snapshots per second, at most
@@ -65,28 +66,39 @@ class _Curves:
     n_gn: int = 0
     _acc: float = 0.0
     _debias: float = 1.0
+    # min/max envelopes of each series, for long runs (see Envelope): built here, in the watcher thread
+    env_loss: Envelope = field(default_factory=Envelope)
+    env_ema: Envelope = field(default_factory=Envelope)
+    env_lr: Envelope = field(default_factory=Envelope)
+    env_gn: Envelope = field(default_factory=Envelope)
 
     def update(self, state: RunState) -> None:
         for i in range(self.n_loss, len(state.loss_steps)):
             v = state.loss_values[i]
             if _finite(v):
-                self.loss_x.append(state.loss_steps[i])
+                x = state.loss_steps[i]
+                self.loss_x.append(x)
                 self.loss_y.append(v)
                 self._acc = EMA_WEIGHT * self._acc + (1 - EMA_WEIGHT) * v
                 self._debias *= EMA_WEIGHT
-                self.ema_y.append(self._acc / (1 - self._debias))
+                smooth = self._acc / (1 - self._debias)
+                self.ema_y.append(smooth)
+                self.env_loss.add(x, v)
+                self.env_ema.add(x, smooth)
         self.n_loss = len(state.loss_steps)
         for i in range(self.n_lr, len(state.lr)):
             s, v = state.lr[i]
             if _finite(v):
                 self.lr_x.append(s)
                 self.lr_y.append(v)
+                self.env_lr.add(s, v)
         self.n_lr = len(state.lr)
         for i in range(self.n_gn, len(state.grad_norm)):
             s, v = state.grad_norm[i]
             if _finite(v):
                 self.gn_x.append(s)
                 self.gn_y.append(v)
+                self.env_gn.add(s, v)
         self.n_gn = len(state.grad_norm)
 
 
@@ -108,8 +120,9 @@ class RunSnapshot:
     alive: bool
     state: RunState                   # frozen copy (tuples), never mutated
     spec: dict
-    loss_x: tuple[int, ...] = ()
+    loss_x: tuple[int, ...] = ()     # the plotted series: every point, or the envelope of a long run
     loss_y: tuple[float, ...] = ()
+    ema_x: tuple[int, ...] = ()
     ema_y: tuple[float, ...] = ()
     lr_x: tuple[int, ...] = ()
     lr_y: tuple[float, ...] = ()
@@ -121,13 +134,28 @@ class RunSnapshot:
     bad_lines: int = 0                # undecodable event lines skipped
 
 
+# Above this many points a series is handed to the UI as its min/max envelope (at most 4 points per
+# envelope bucket); below it, every point.
+DECIMATE_ABOVE = 4 * Envelope.MAX_BUCKETS
+
+
+def _plotted(xs: list, ys: list, env: Envelope) -> tuple[tuple, tuple]:
+    if len(xs) <= DECIMATE_ABOVE:
+        return tuple(xs), tuple(ys)
+    px, py = env.points()
+    return tuple(px), tuple(py)
+
+
 def make_snapshot(run_dir: Path, state: RunState, curves: _Curves, status: str, alive: bool, spec: dict,
                   log_lines: tuple[str, ...] = (), number: int = 0, bad_lines: int = 0) -> RunSnapshot:
+    loss_x, loss_y = _plotted(curves.loss_x, curves.loss_y, curves.env_loss)
+    ema_x, ema_y = _plotted(curves.loss_x, curves.ema_y, curves.env_ema)
+    lr_x, lr_y = _plotted(curves.lr_x, curves.lr_y, curves.env_lr)
+    gn_x, gn_y = _plotted(curves.gn_x, curves.gn_y, curves.env_gn)
     return RunSnapshot(
         run_dir=str(run_dir), run_id=run_dir.name, status=status, alive=alive, state=freeze_state(state),
-        spec=spec, loss_x=tuple(curves.loss_x), loss_y=tuple(curves.loss_y), ema_y=tuple(curves.ema_y),
-        lr_x=tuple(curves.lr_x), lr_y=tuple(curves.lr_y), gn_x=tuple(curves.gn_x), gn_y=tuple(curves.gn_y),
-        log_lines=log_lines, number=number, made_at=time.monotonic(), bad_lines=bad_lines,
+        spec=spec, loss_x=loss_x, loss_y=loss_y, ema_x=ema_x, ema_y=ema_y, lr_x=lr_x, lr_y=lr_y,
+        gn_x=gn_x, gn_y=gn_y, log_lines=log_lines, number=number, made_at=time.monotonic(), bad_lines=bad_lines,
     )
 
 

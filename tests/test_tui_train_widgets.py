@@ -208,3 +208,22 @@ def test_run_index_folds_incrementally_and_resolves_status(tmp_path: Path):
     rows = idx.refresh()
     assert rows[0].summary.status == "stopped" and rows[0].summary.step == 150
     assert len(rows[0].loss_x) == 150
+
+
+def test_envelope_keeps_extremes_and_ends_with_bounded_points():
+    import random
+
+    from medtui.widgets.curves import Envelope
+
+    rng = random.Random(3)
+    env = Envelope()
+    ys = [rng.random() for _ in range(100_000)]
+    ys[54_321], ys[777] = 5.0, -3.0  # one spike each way must survive decimation
+    for x, y in enumerate(ys):
+        env.add(x, y)
+    px, py = env.points()
+    assert len(px) <= 4 * Envelope.MAX_BUCKETS and len(env.buckets) <= Envelope.MAX_BUCKETS
+    assert px == sorted(px) and (px[0], px[-1]) == (0, 99_999) and py[-1] == ys[-1]
+    assert (max(py), min(py)) == (5.0, -3.0)
+    assert all(ys[int(x)] == y for x, y in zip(px, py, strict=True))  # only real points
+    assert sum(b[0] for b in env.buckets) == len(ys)

@@ -247,7 +247,7 @@ def loss_chart(snap: RunSnapshot, log_y: bool = False) -> ChartData:
     x1 = max(s.total_steps, snap.loss_x[-1] if snap.loss_x else 0, 1)
     evals = tuple((st, v) for st, v in s.eval if v is not None and v == v)
     return ChartData(
-        "Loss", (Series("raw", snap.loss_x, snap.loss_y, "bright_black"), Series("EMA", snap.loss_x, snap.ema_y, "cyan")),
+        "Loss", (Series("raw", snap.loss_x, snap.loss_y, "bright_black"), Series("EMA", snap.ema_x, snap.ema_y, "cyan")),
         points=evals, points_name="eval", vlines=tuple(s.checkpoints), x_range=(0, x1), log_y=log_y,
         empty_text="no loss logged yet" if snap.status in ACTIVE else "no loss was logged",
     )
