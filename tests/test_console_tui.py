@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_infer_engine import make_adapter
+from helpers import make_adapter
 from textual.widgets import Input, Static, TextArea
 
 from medtui.app import DISCLAIMER, MedtuiApp
@@ -48,7 +48,7 @@ def console(app: MedtuiApp) -> ConsoleScreen:
 def adapter_run(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("console-runs") / "20261124-130000-demo"
     run.mkdir()
-    make_adapter(demo_model, run / "adapter")
+    make_adapter(demo_model, run / "adapter", r=8, alpha=16, seed=0, scale=0.5)
     (run / "spec.json").write_text(json.dumps({"model": "demo", "template": "chat"}))
     return run
 

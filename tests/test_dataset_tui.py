@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import eventually
 from textual.widgets import DataTable, Input, Select, Static
 
 from medtui.app import MedtuiApp
@@ -23,14 +24,6 @@ class DatasetFirstApp(MedtuiApp):
     CSS_PATH = str(Path(sys.modules[MedtuiApp.__module__].__file__).with_name("app.tcss"))
 
 
-async def _wait(pilot, cond, tries=400):
-    for _ in range(tries):
-        if cond():
-            return True
-        await pilot.pause(0.1)
-    return False
-
-
 def _text(screen, selector: str) -> str:
     return str(screen.query_one(selector, Static).render())
 
@@ -42,7 +35,7 @@ async def _open(pilot, app, path: Path) -> DatasetScreen:
     await pilot.press("o")
     screen.query_one("#ds-path", Input).value = str(path)
     await pilot.press("enter")
-    assert await _wait(pilot, lambda: screen.report is not None and screen.report is not previous)
+    assert await eventually(pilot, lambda: screen.report is not None and screen.report is not previous)
     await pilot.pause()
     return screen
 
@@ -60,7 +53,7 @@ async def test_open_findings_jump_and_template(workspace, demo_model):
         # Jump: enter on the finding previews row 2 as the trainer sees it, identifier masked.
         table.focus()
         await pilot.press("enter")
-        assert await _wait(pilot, lambda: "prompt" in _text(screen, "#ds-preview-head"))
+        assert await eventually(pilot, lambda: "prompt" in _text(screen, "#ds-preview-head"))
         assert screen.query_one("#ds-tabs").active == "tab-preview"
         head, body = _text(screen, "#ds-preview-head"), _text(screen, "#ds-preview")
         assert head.startswith("row 2 · template seed")
@@ -68,14 +61,14 @@ async def test_open_findings_jump_and_template(workspace, demo_model):
         assert "11010519491231002X" not in body and "hidden as ***" in body
         # Switch template: the preview is rendered again with the chat template, the lengths re-measured.
         await pilot.press("t")
-        assert await _wait(pilot, lambda: "template chat · prompt" in _text(screen, "#ds-preview-head"))
+        assert await eventually(pilot, lambda: "template chat · prompt" in _text(screen, "#ds-preview-head"))
         assert "<|im_start|>system" in _text(screen, "#ds-preview")
-        assert await _wait(pilot, lambda: screen.report.template == "chat")
+        assert await eventually(pilot, lambda: screen.report.template == "chat")
         # Next / previous row keys.
         await pilot.press("right_square_bracket")
-        assert await _wait(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 3 · template chat · prompt"))
+        assert await eventually(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 3 · template chat · prompt"))
         await pilot.press("left_square_bracket", "left_square_bracket")
-        assert await _wait(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 1 · template chat · prompt"))
+        assert await eventually(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 1 · template chat · prompt"))
 
 
 async def test_real_records_histogram_goto_row_and_mapping(workspace, demo_model, shared_records):
@@ -90,13 +83,13 @@ async def test_real_records_histogram_goto_row_and_mapping(workspace, demo_model
         assert "p95" in _text(screen, "#ds-stats")
         # Go to a row by number.
         await pilot.press("g")
-        assert await _wait(pilot, lambda: screen.query_one("#ds-row", Input).has_focus)
+        assert await eventually(pilot, lambda: screen.query_one("#ds-row", Input).has_focus)
         await pilot.press("1", "2", "enter")
-        assert await _wait(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 12 · template seed · prompt"))
+        assert await eventually(pilot, lambda: _text(screen, "#ds-preview-head").startswith("row 12 · template seed · prompt"))
         # Map no reasoning column: validated again, the think block is empty and the file says so.
         first = screen.report
         screen.query_one("#ds-map-cot", Select).value = NO_COT
-        assert await _wait(pilot, lambda: screen.report is not first)
+        assert await eventually(pilot, lambda: screen.report is not first)
         assert screen.report.dataset.mapping.cot is None
         assert "no_cot_column" in screen.report.by_kind()
         assert "Complex_CoT" in screen.report.dataset.extra_columns
@@ -109,13 +102,13 @@ async def test_unreadable_file_is_a_message_and_params_open_a_file(workspace, de
         await pilot.press("o")
         screen.query_one("#ds-path", Input).value = str(CORPUS / "truncated.json")
         await pilot.press("enter")
-        assert await _wait(pilot, lambda: "Cannot read" in _text(screen, "#ds-summary"))
+        assert await eventually(pilot, lambda: "Cannot read" in _text(screen, "#ds-summary"))
         assert "truncated.json" in _text(screen, "#ds-summary") and "not valid JSON" in _text(screen, "#ds-summary")
         # Another screen can send a file here.
         app.goto("runs")
         await pilot.pause()
         app.goto("dataset", path=str(CORPUS / "duplicate_question.jsonl"))
-        assert await _wait(pilot, lambda: screen.report is not None)
+        assert await eventually(pilot, lambda: screen.report is not None)
         assert screen.report.by_kind()["duplicate_question"] == 1
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Go to Dataset" in titles
@@ -167,5 +160,5 @@ async def test_fix_the_file_and_validate_again(workspace, demo_model, tmp_path):
         first = screen.report
         screen.query_one("#ds-findings", DataTable).focus()
         await pilot.press("v")
-        assert await _wait(pilot, lambda: screen.report is not first)
+        assert await eventually(pilot, lambda: screen.report is not first)
         assert screen.report.errors == 0 and _text(screen, "#ds-summary").startswith("GO: 2 of 2 rows usable")

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import make_adapter
 
 from medtui_engine.errors import UserError
 from medtui_engine.infer import (
@@ -23,31 +24,13 @@ from medtui_engine.infer import (
 from medtui_engine.infer.stream import IncrementalDetokenizer
 
 CASE = "男性，62岁，进行性吞咽困难2月，体重下降8kg，胃镜示食管中段溃疡型肿物"
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def make_adapter(base: Path, out: Path) -> Path:
-    """A real PEFT LoRA adapter on the demo model, lora_B perturbed so it changes the outputs."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    peft_model.save_pretrained(str(out))
-    return out
 
 
 @pytest.fixture(scope="module")
 def adapter_run(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "20261124-120000-demo"
     run.mkdir()
-    make_adapter(demo_model, run / "adapter")
+    make_adapter(demo_model, run / "adapter", r=8, alpha=16, seed=0, scale=0.5)
     (run / "spec.json").write_text(json.dumps({"model": "demo", "template": "chat", "lora_r": 8}))
     return run
 

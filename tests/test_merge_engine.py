@@ -14,32 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import make_adapter
 
 from medtui_engine.cli import main as cli_main
 from medtui_engine.errors import UserError
 from medtui_engine.merge.plan import PARTIAL_PREFIX, make_plan, stale_partials
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def make_adapter(base: Path, out: Path, r: int = 8, seed: int = 1, **extra) -> Path:
-    """A real PEFT LoRA adapter on ``base`` with lora_B perturbed (a fresh adapter's B is zero)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=extra.pop("targets", TARGETS), lora_dropout=0.0,
-                     task_type="CAUSAL_LM", **extra)
-    peft_model = get_peft_model(model, cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    peft_model.save_pretrained(str(out))
-    return out
 
 
 def tiny_model(out: Path, arch: str = "qwen3", hidden: int = 32) -> Path:

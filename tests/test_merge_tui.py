@@ -7,29 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import make_adapter
 from textual.app import App
 from textual.widgets import Static
 
 from medtui.widgets.merge_dialog import MergeDialog, open_merge_dialog
 from medtui_engine.context import load_context
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def make_adapter(base: Path, out: Path) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    model.save_pretrained(str(out))
-    return out
 
 
 class Host(App[None]):
@@ -46,7 +29,7 @@ def run_dir(workspace: Path, demo_model: Path) -> Path:
     (run / "checkpoints").mkdir(parents=True)
     (run / "spec.json").write_text(json.dumps({"model": "demo", "template": "seed", "backend": "hf", "load_in_4bit": False}))
     (run / "events.jsonl").write_text("")
-    make_adapter(demo_model, run / "adapter")
+    make_adapter(demo_model, run / "adapter", r=4, alpha=8, seed=3)
     return run
 
 

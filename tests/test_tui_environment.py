@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
+from helpers import eventually
 from textual.widgets import DataTable, Input, Static
 
 from medtui.app import MedtuiApp
-
-
-async def _wait(pilot, cond, tries=240):
-    for _ in range(tries):
-        if cond():
-            return True
-        await pilot.pause(0.25)
-    return False
 
 
 async def test_environment_screen_checks_and_estimates(workspace, demo_model):
     app = MedtuiApp()
     async with app.run_test(size=(80, 24)) as pilot:
         table = app.screen.query_one("#env-table", DataTable)
-        assert await _wait(pilot, lambda: table.row_count > 5)
+        assert await eventually(pilot, lambda: table.row_count > 5)
         summary = str(app.screen.query_one("#env-summary", Static).render())
         assert "Verdict" in summary and str(workspace.resolve()) in summary
         detail = str(app.screen.query_one("#env-detail", Static).render())
@@ -29,7 +22,7 @@ async def test_environment_screen_checks_and_estimates(workspace, demo_model):
         seq.value = "8192"
         await pilot.press("w")
         result = app.screen.query_one("#fit-result", Static)
-        assert await _wait(pilot, lambda: "GiB" in str(result.render()))
+        assert await eventually(pilot, lambda: "GiB" in str(result.render()))
         text = str(result.render())
         assert "random weights, demo only" in text and "seq 8192" in text
         # Bad input gets a message, not an exception.
@@ -43,10 +36,10 @@ async def test_recheck_key_and_palette_entries(workspace):
     app = MedtuiApp()
     async with app.run_test(size=(100, 30)) as pilot:
         table = app.screen.query_one("#env-table", DataTable)
-        assert await _wait(pilot, lambda: table.row_count > 5)
+        assert await eventually(pilot, lambda: table.row_count > 5)
         await pilot.press("r")
         await pilot.pause()
         assert "Checking" in str(app.screen.query_one("#env-summary", Static).render())
-        assert await _wait(pilot, lambda: "Verdict" in str(app.screen.query_one("#env-summary", Static).render()))
+        assert await eventually(pilot, lambda: "Verdict" in str(app.screen.query_one("#env-summary", Static).render()))
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Go to Environment" in titles

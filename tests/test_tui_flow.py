@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers import eventually
 from textual.widgets import Input, Select
 
 from medtui.app import MedtuiApp
 from medtui.screens.dataset import DatasetScreen
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "demo_train.jsonl"
-
-
-async def _wait(pilot, cond, tries=400):
-    for _ in range(tries):
-        if cond():
-            return True
-        await pilot.pause(0.1)
-    return False
 
 
 async def test_dataset_hands_the_checked_file_to_the_train_form(workspace, demo_model):
@@ -31,12 +24,12 @@ async def test_dataset_hands_the_checked_file_to_the_train_form(workspace, demo_
         await pilot.press("o")
         screen.query_one("#ds-path", Input).value = str(DATA)
         await pilot.press("enter")
-        assert await _wait(pilot, lambda: screen.report is not None)
+        assert await eventually(pilot, lambda: screen.report is not None)
         await pilot.press("t")  # the chat template, then on to training
         await pilot.pause()
         await pilot.press("n")
-        assert await _wait(pilot, lambda: app.current_mode == "train")
+        assert await eventually(pilot, lambda: app.current_mode == "train")
         train = app.screen
-        assert await _wait(pilot, lambda: train.query_one("#f-data").value == str(DATA))
+        assert await eventually(pilot, lambda: train.query_one("#f-data").value == str(DATA))
         assert train.query_one("#f-template", Select).value == "chat"
         assert train.query_one("#f-max_seq_length").value == "8192"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from textual.widgets import DataTable
 
 from medtui.app import MedtuiApp
@@ -17,15 +17,6 @@ from medtui.widgets.curves import LineChart
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
 FINISHED = FIXTURES / "20251124-160000-qwen7b"
 STOPPED = FIXTURES / "20251124-190000-qwen7b-lr3e-4"
-
-
-async def wait_until(pilot, pred, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from medtui.app import MedtuiApp
 from medtui.screens.train import RunView, TrainScreen
@@ -18,15 +18,6 @@ from medtui_engine.runs.jobs import JOB_FILE, proc_start_time
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
 FINISHED = FIXTURES / "20251124-160000-qwen7b"
-
-
-async def wait_until(pilot, pred, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from medtui.app import MedtuiApp
 from medtui.screens.runs import CompareScreen, RunsScreen
@@ -20,15 +21,6 @@ from medtui.screens.train import RunView, TrainScreen
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
 FINISHED = FIXTURES / "20251124-160000-qwen7b"
 STOPPED = FIXTURES / "20251124-190000-qwen7b-lr3e-4"
-
-
-async def wait_until(pilot, pred, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ demo model on a few rows of data/demo_train.jsonl on the CPU while the live view
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from medtui.app import MedtuiApp
 from medtui.screens.train import ConfirmStop, RunView, TrainScreen
@@ -15,15 +15,6 @@ from medtui.widgets.curves import LineChart
 from medtui_engine.runs.jobs import job_alive, kill_job, wait_job
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "demo_train.jsonl"
-
-
-async def wait_until(pilot, pred, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await pilot.pause(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.mark.slow
