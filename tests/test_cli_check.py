@@ -16,14 +16,32 @@ def medtui(*args: str, env: dict | None = None, timeout: int = 300) -> subproces
                           env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def test_check_json_reports_no_gpu_and_exits_0(workspace):
+def nvidia_gpus() -> int:
+    """How many NVIDIA GPUs this machine has, read straight from the driver (not through medtui)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver: a CPU machine
+        return 0
+    try:
+        return pynvml.nvmlDeviceGetCount()
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def test_check_json_reports_the_gpus_and_exits_0(workspace):
     out = medtui("check", "--json", "--model", "demo", "--seq", "512")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
-    assert report["gpu_found"] is False
+    gpus = nvidia_gpus()
+    assert report["gpu_found"] is (gpus > 0)
     assert report["verdict"] in ("ok", "warning")
     names = {ln["name"]: ln for ln in report["lines"]}
-    assert "CPU demo only" in names["GPUs"]["fix"]
+    if gpus:
+        assert f"{gpus} found" in names["GPUs"]["value"], names["GPUs"]
+    else:
+        assert "CPU demo only" in names["GPUs"]["fix"]
     assert report["packages"]["torch"]["imported"] is True
     assert report["workspace"]["path"] == str(workspace.resolve())
     assert report["fit"]["label"].endswith("(random weights, demo only)")
