@@ -499,3 +499,25 @@ def test_runs_tail_follows_a_live_job_to_its_end(workspace: Path, job_env: dict)
     out, err = tail.communicate(timeout=120)
     assert tail.returncode == 0, err
     assert out.splitlines()[-1] == "finished at step 2 in 0:00:01; adapter: adapter"
+
+
+def test_the_job_service_imports_nothing_heavy():
+    code = ("import medtui_engine.jobs.follow, medtui_engine.jobs.describe, medtui_engine.jobs.logtail, "
+            "medtui_engine.fit, medtui_engine.merge.launch, medtui_engine.series, medtui.runwatch, medtui.widgets.rows\n"
+            "import sys, json; print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True, timeout=120)
+    mods = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    heavy = [m for m in ("torch", "transformers", "unsloth", "trl", "peft", "datasets") if m in mods]
+    assert not heavy
+
+
+def test_the_tui_styles_rows_by_severity_with_the_engines_words():
+    from medtui.widgets.rows import SEVERITY_STYLE, row_text, rows_text, sentence_text
+
+    problem = Row("Failed", "disk full", Severity.PROBLEM, "free space")
+    t = row_text(problem, label_width=8)
+    assert t.plain == "Failed  disk full  (free space)"
+    assert any(str(span.style) == SEVERITY_STYLE[Severity.PROBLEM] for span in t.spans)
+    assert rows_text([Row("A", "1"), problem]).plain.splitlines()[0] == "A       1"
+    assert sentence_text(problem).plain == sentence(problem) and str(sentence_text(problem).style) == "red"
+    assert str(sentence_text(Row("", "stopped", Severity.INFO)).style) == "italic"
