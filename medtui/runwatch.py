@@ -1,9 +1,10 @@
 """Watching run directories from the TUI: poll in a thread, fold with the engine, post snapshots.
 
-:class:`RunWatcher` follows one run. Its thread reads only the new bytes of ``events.jsonl`` with the
-engine's :class:`EventTailer`, folds them with the engine's reducer (the same one the CLI uses),
-reads the tail of ``stdout.log``, resolves the status against the process (crashed / stalled), and
-hands an immutable :class:`RunSnapshot` to ``deliver``. Poll, deliver, sleep, repeat: polls never
+:class:`RunWatcher` follows one run. Its thread polls the engine's
+:class:`~medtui_engine.jobs.follow.JobFollower` (the same follower ``medtui runs tail`` uses: it reads
+only the new bytes of ``events.jsonl``, folds them, and resolves the status against the process:
+crashed / stalled), reads the tail of ``stdout.log``, and hands an immutable :class:`RunSnapshot`
+to ``deliver``. Poll, deliver, sleep, repeat: polls never
 overlap. It delivers at most ``MAX_RATE`` times a second and never while the UI has not yet taken
 the previous snapshot (:meth:`RunWatcher.ack`), so a fast run can never build a backlog of stale
 frames; in between it keeps folding, and the next snapshot carries everything. With nothing new
@@ -11,7 +12,7 @@ it polls less and less often (up to ``IDLE_INTERVAL``).
 
 :class:`RunIndex` keeps every run of a workspace folded incrementally for the Runs screen (the
 engine's ``list_runs`` re-reads every file from the start, which is fine for a CLI call but not
-every two seconds).
+every two seconds): one follower per run.
 
 The watcher is plain threads and callables (no running app needed), tested on its own.
 """
@@ -24,20 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from medtui_engine.runs.jobs import STDOUT_FILE, job_alive
-from medtui_engine.runs.state import RunState, apply_event
-from medtui_engine.runs.store import (
-    EVENTS_FILE,
-    RunSummary,
-    is_run_dir,
-    read_spec,
-    resolve_status,
-    summarize,
-)
+from medtui_engine.jobs.follow import JobFollower
+from medtui_engine.jobs.logtail import LogTailReader
+from medtui_engine.jobs.status import JobStatus
+from medtui_engine.runs.jobs import STDOUT_FILE
+from medtui_engine.runs.state import RunState
+from medtui_engine.runs.store import RunSummary, is_run_dir, read_spec, summarize
 from medtui_engine.runs.tailer import EventTailer
-
-from .widgets.curves import Envelope
-from .widgets.logtail import LogTailReader
+from medtui_engine.series import Envelope
 
 MAX_RATE = 4.0            # snapshots per second, at most
 ACTIVE_INTERVAL = 0.25    # seconds between polls while events arrive
@@ -116,7 +111,7 @@ def freeze_state(state: RunState) -> RunState:
 class RunSnapshot:
     run_dir: str
     run_id: str
-    status: str                       # resolved: running / stalled / crashed / finished / ...
+    status: JobStatus                 # resolved: running / stalled / crashed / finished / ...
     alive: bool
     state: RunState                   # frozen copy (tuples), never mutated
     spec: dict
@@ -146,7 +141,7 @@ def _plotted(xs: list, ys: list, env: Envelope) -> tuple[tuple, tuple]:
     return tuple(px), tuple(py)
 
 
-def make_snapshot(run_dir: Path, state: RunState, curves: _Curves, status: str, alive: bool, spec: dict,
+def make_snapshot(run_dir: Path, state: RunState, curves: _Curves, status: JobStatus, alive: bool, spec: dict,
                   log_lines: tuple[str, ...] = (), number: int = 0, bad_lines: int = 0) -> RunSnapshot:
     loss_x, loss_y = _plotted(curves.loss_x, curves.loss_y, curves.env_loss)
     ema_x, ema_y = _plotted(curves.loss_x, curves.ema_y, curves.env_ema)
@@ -170,15 +165,12 @@ class RunWatcher:
         self.min_gap = 1.0 / max_rate
         self.active_interval = active_interval
         self.idle_interval = idle_interval
-        self.tailer = EventTailer(self.run_dir / EVENTS_FILE)
+        self.follower = JobFollower(self.run_dir, "train")
         self.log = LogTailReader(self.run_dir / STDOUT_FILE)
-        self.state = RunState(run_id=self.run_dir.name)
         self.curves = _Curves()
         self.spec: dict = {}
-        self.polls = 0
         self.delivered = 0
-        self.folded = 0
-        self._status: str | None = None
+        self._status: JobStatus | None = None
         self._dirty = True
         self._pending_since: float | None = None   # a snapshot the UI has not acked yet
         self._last_delivery = 0.0
@@ -211,55 +203,58 @@ class RunWatcher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    # the follower's, read by tests and the benchmark
+    @property
+    def tailer(self) -> EventTailer:
+        return self.follower.tailer
+
+    @property
+    def state(self) -> RunState:
+        return self.follower.state
+
+    @property
+    def polls(self) -> int:
+        return self.follower.polls
+
+    @property
+    def folded(self) -> int:
+        return self.follower.folded
+
     # ---------------------------------------------------------------- the thread
     def poll_once(self) -> bool:
         """Read and fold what is new; True when anything changed. (Called by the thread; public
         for tests and the benchmark, which drive it directly.)"""
-        self.polls += 1
         changed = False
         if not self.spec:
             self.spec = read_spec(self.run_dir)
             changed = bool(self.spec)
-        events = self.tailer.read_new()
-        if self.tailer.reset:
-            self.state = RunState(run_id=self.run_dir.name)
-            self.curves = _Curves()
+        f = self.follower
+        # one slice at a time: a huge backlog is folded in steps, delivering in between
+        events = f.poll(whole=False)
+        if f.rewound:
+            self.curves = _Curves()   # the file was replaced, or a resume cut the history back
             changed = True
         if events:
-            rebuild = False
-            for ev in events:
-                apply_event(self.state, ev)
-                if ev.get("type") == "train_begin":
-                    rebuild = True   # a resume may have cut the curves back to its checkpoint
-            self.folded += len(events)
-            if rebuild:
-                self.curves = _Curves()
-            self.curves.update(self.state)
+            self.curves.update(f.state)
             changed = True
         if self.log.poll():
             changed = True
-        alive = job_alive(self.run_dir)
-        status = resolve_status(self.state, self.run_dir, alive=alive)
-        if status != self._status:
-            self._status = status
+        if f.status != self._status:
+            self._status = f.status
             changed = True
-        self._alive = alive
+        self._alive = f.alive
         self._dirty = self._dirty or changed
         return changed
 
     def more_pending(self) -> bool:
         """Whether the events file has bytes beyond what was folded (a backlog being read in slices)."""
-        try:
-            # more than a torn last line's worth: the tailer stopped at its per-read cap
-            return self.tailer.path.stat().st_size - self.tailer.offset > 65536
-        except OSError:
-            return False
+        return self.follower.more_pending()
 
     def snapshot(self) -> RunSnapshot:
         self.delivered += 1
-        return make_snapshot(self.run_dir, self.state, self.curves, self._status or self.state.status,
+        return make_snapshot(self.run_dir, self.state, self.curves, self._status or JobStatus(self.state.status),
                              getattr(self, "_alive", False), self.spec, self.log.snapshot(), self.delivered,
-                             self.tailer.bad_lines)
+                             self.follower.bad_lines)
 
     def _maybe_deliver(self) -> None:
         if not self._dirty:
@@ -317,8 +312,7 @@ class RunRow:
 @dataclass
 class _Tracked:
     path: Path
-    tailer: EventTailer
-    state: RunState
+    follower: JobFollower
     curves: _Curves
     spec: dict
     frozen: tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]] = ((), (), ())
@@ -326,7 +320,7 @@ class _Tracked:
 
 
 class RunIndex:
-    """Every run under ``runs_dir``, each folded incrementally. ``refresh()`` does the I/O (call
+    """Every run under ``runs_dir``, each followed incrementally. ``refresh()`` does the I/O (call
     it from a worker thread) and returns immutable rows, newest first."""
 
     def __init__(self, runs_dir: str | Path) -> None:
@@ -345,24 +339,18 @@ class RunIndex:
             t = self._runs.get(name)
             path = self.runs_dir / name
             if t is None:
-                t = _Tracked(path, EventTailer(path / EVENTS_FILE), RunState(run_id=name), _Curves(), {})
+                t = _Tracked(path, JobFollower(path, "train"), _Curves(), {})
                 self._runs[name] = t
             if not t.spec:
                 t.spec = read_spec(path)
-            events = t.tailer.read_all_new()
-            if t.tailer.reset:
-                t.state, t.curves = RunState(run_id=name), _Curves()
-            rebuild = False
-            for ev in events:
-                apply_event(t.state, ev)
-                rebuild = rebuild or ev.get("type") == "train_begin"
-            if rebuild:
+            f = t.follower
+            f.poll()
+            if f.rewound:
                 t.curves = _Curves()
-            t.curves.update(t.state)
-            state = replace(t.state)  # scalars only are read from this copy
-            state.status = resolve_status(t.state, path)
-            if t.frozen_at != t.state.last_seq:
+            t.curves.update(f.state)
+            state = replace(f.state, status=f.status)  # scalars only are read from this copy
+            if t.frozen_at != f.state.last_seq:
                 t.frozen = (tuple(t.curves.loss_x), tuple(t.curves.loss_y), tuple(t.curves.ema_y))
-                t.frozen_at = t.state.last_seq
-            rows.append(RunRow(summarize(path, t.spec, state), *t.frozen, t.state.last_seq))
+                t.frozen_at = f.state.last_seq
+            rows.append(RunRow(summarize(path, t.spec, state), *t.frozen, f.state.last_seq))
         return rows

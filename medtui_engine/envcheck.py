@@ -291,7 +291,8 @@ def _existing_parent(path: Path) -> Path:
 def collect(workspace: Path, settings: dict | None = None, min_free_gib: float = 50.0,
             probe_timeout: float = 120.0, progress: Callable[[str], None] | None = None,
             fit: Callable[[NvmlInfo], tuple[dict, CheckLine]] | None = None) -> EnvReport:
-    """Take every reading and apply every rule. ``progress`` hears what is being read."""
+    """Take every reading and apply every rule. ``progress`` hears what is being read; ``fit``
+    estimates the memory of a training setting against these readings (see :mod:`.fit`)."""
     say = progress or (lambda _msg: None)
     report = EnvReport(settings=settings or {})
     say("reading GPUs (NVML)")
@@ -355,25 +356,3 @@ def collect(workspace: Path, settings: dict | None = None, min_free_gib: float =
     say("done")
     return report
 
-
-def fit_check(model_dir: Path, setting, nvml: NvmlInfo, gpu_index: int = 0) -> tuple[dict, CheckLine]:
-    """Estimate peak VRAM for ``setting`` on the model at ``model_dir`` and compare with free memory."""
-    from .demo import model_label
-    from .vram import ModelShape, ShapeError, estimate_training_vram, fit_verdict
-
-    label = model_label(model_dir)
-    try:
-        shape = ModelShape.from_model_dir(model_dir)
-    except ShapeError as exc:
-        return {"model": str(model_dir), "error": str(exc)}, CheckLine("fit", "will it fit", str(exc), "warning",
-                                                                       "check the model directory")
-    est = estimate_training_vram(shape, setting)
-    gpu = next((g for g in nvml.gpus if g.index == gpu_index), None)
-    verdict, words = fit_verdict(est, gpu.memory_free_mib if gpu else None)
-    s = setting
-    what = (f"{label}: {shape.total_params / 1e9:.2f}B params, {s.bits}-bit, seq {s.seq_len}, batch {s.batch}, "
-            f"r={s.lora_rank}, {s.backend}")
-    info = {"model": str(model_dir), "label": label, "estimate": est.as_dict(), "gpu_index": gpu_index if gpu else None,
-            "free_mib": gpu.memory_free_mib if gpu else None, "verdict": verdict, "words": words, "what": what}
-    return info, CheckLine("fit", "will it fit", f"{what}: {words}", verdict,
-                           "" if verdict in ("ok", "info") else "lower batch or max sequence length, or load in 4-bit")

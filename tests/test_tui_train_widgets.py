@@ -12,7 +12,7 @@ from pathlib import Path
 from medtui.runwatch import RunIndex, RunWatcher
 from medtui.widgets.curves import GUTTER, ChartData, Series, _bucketize, ema, render_chart
 from medtui.widgets.gauges import GaugeData, SparkData, gauge_strip, spark_strip
-from medtui.widgets.logtail import LogTailReader
+from medtui_engine.jobs.logtail import LogTailReader
 from medtui_engine.runs.events import EventWriter
 from medtui_engine.runs.jobs import JOB_FILE, proc_start_time
 
@@ -213,7 +213,7 @@ def test_run_index_folds_incrementally_and_resolves_status(tmp_path: Path):
 def test_envelope_keeps_extremes_and_ends_with_bounded_points():
     import random
 
-    from medtui.widgets.curves import Envelope
+    from medtui_engine.series import Envelope
 
     rng = random.Random(3)
     env = Envelope()

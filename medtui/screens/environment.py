@@ -8,7 +8,6 @@ refresh every few seconds through NVML: poll, render, then schedule the next pol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.text import Text
 from textual import on, work
@@ -217,19 +216,11 @@ class EnvironmentScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="env-fit")
     def _estimate(self, req: FitRequest) -> None:
-        from medtui_engine.demo import resolve_model
-        from medtui_engine.envcheck import fit_check
-        from medtui_engine.gpu import read_nvml
+        from medtui_engine.fit import estimate_fit
         from medtui_engine.vram import TrainSetting
 
-        try:
-            model_dir = resolve_model(req.model)
-        except FileNotFoundError as exc:
-            self.post_message(self.FitDone(CheckLine("fit", "will it fit", str(exc), "problem"), {}))
-            return
-        info, line = fit_check(Path(model_dir), TrainSetting(req.bits, req.seq, req.batch, req.rank, True, req.backend),
-                               read_nvml(with_processes=False))
-        self.post_message(self.FitDone(line, info))
+        est = estimate_fit(req.model, TrainSetting(req.bits, req.seq, req.batch, req.rank, True, req.backend))
+        self.post_message(self.FitDone(est.line, est.info))
 
     def on_environment_screen_fit_done(self, message: FitDone) -> None:
         line, info = message.line, message.info

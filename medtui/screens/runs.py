@@ -20,6 +20,8 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from medtui_engine.jobs.status import JobStatus
+
 from ..runwatch import RunIndex, RunRow
 from ..widgets.curves import PALETTE, ChartData, LineChart, Series, fmt_num
 from .train import STATUS_STYLE, ScreenActions, ask_stop, do_console, do_merge, do_resume
@@ -207,7 +209,7 @@ class RunsScreen(Screen):
         else:
             self._apply(message.rows)
         if self._active:
-            busy = any(r.summary.status in ("starting", "running", "stalled") for r in message.rows)
+            busy = any(JobStatus(r.summary.status).active for r in message.rows)
             self._timer = self.set_timer(POLL_ACTIVE_S if busy else POLL_IDLE_S, self._poll)
 
     def _apply(self, rows: list[RunRow]) -> None:
@@ -230,7 +232,7 @@ class RunsScreen(Screen):
                 prev = old.get(rid)
                 if prev is None or prev.summary != r.summary:
                     self._update_row(rid)
-        active = sum(r.summary.status in ("starting", "running", "stalled") for r in rows)
+        active = sum(JobStatus(r.summary.status).active for r in rows)
         if rows:
             summary = (f"{len(rows)} runs in {self.app.ctx.runs_dir}" + (f", {active} training" if active else "")
                        + "   enter: attach · space: mark · c: compare")

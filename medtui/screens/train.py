@@ -8,7 +8,6 @@ job running; attaching again re-reads the file, so the whole history is back.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -23,31 +22,26 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Checkbox, ContentSwitcher, Footer, Header, Input, Label, Select, Static
 
+from medtui_engine.fmt import fmt_duration
+from medtui_engine.jobs.describe import NextSteps, describe_run_status
+from medtui_engine.jobs.status import JobStatus
 from medtui_engine.train.spec import BACKENDS, SpecError, TrainSpec
 
 from ..runwatch import RunSnapshot, RunWatcher
 from ..widgets.curves import ChartData, LineChart, Series, fmt_num
 from ..widgets.gauges import GaugeData, Spark, SparkData, VramGauge
 from ..widgets.logtail import LogTail
+from ..widgets.rows import sentence_text
 
 STATUS_STYLE = {
     "new": "dim", "starting": "bold cyan", "running": "bold green", "stalled": "bold black on yellow",
     "finished": "bold black on green", "stopped": "bold black on yellow", "failed": "bold white on red",
     "crashed": "bold white on red",
 }
-ACTIVE = ("starting", "running", "stalled")
+ACTIVE = tuple(s for s in JobStatus if s.active)
 
 
 # ------------------------------------------------------------------ run actions (also used by Runs)
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "-"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
 
 def launch_training(runs_dir: Path, spec: TrainSpec, force: bool = False) -> tuple[Path, tuple[str, ...]]:
     """Start a detached training job through the engine (as ``medtui train --detach`` does):
@@ -186,6 +180,11 @@ class ScreenActions(Provider):
 
 # ------------------------------------------------------------------ the live view
 
+# what the user does next, in this view's keys (the sentences are the engine's)
+TUI_STEPS = NextSteps(resume="r resumes", merge="m merges it", console="o opens the console with it",
+                      log="see the log below")
+
+
 def status_text(snap: RunSnapshot | None, width: int = 100) -> Text:
     if snap is None:
         return Text("Waiting for the run's first events...", style="dim")
@@ -221,24 +220,10 @@ def status_text(snap: RunSnapshot | None, width: int = 100) -> Text:
         t.append(f"  ETA {fmt_duration(s.eta_s)}")
     if s.resumed:
         t.append(f"  resumed x{s.resumed}", style="dim")
-    line3 = ""
-    if snap.status == "failed":
-        line3 = f"failed: {s.error or s.error_type or 'unknown error'} (see the log below; r resumes)"
-    elif snap.status == "crashed":
-        line3 = "crashed: the job died without a word (killed, out of memory?); r resumes from the newest checkpoint"
-    elif snap.status == "stalled":
-        ago = time.time() - (s.last_event_t or time.time())
-        line3 = f"stalled: the job is alive but has written nothing for {fmt_duration(ago)}"
-    elif snap.status == "stopped":
-        line3 = f"stopped ({s.stop_reason or 'on request'}) at step {s.step}; r resumes from the checkpoint"
-    elif snap.status == "finished":
-        line3 = f"finished: adapter in {s.adapter or 'adapter/'}; m merges it, o opens the console with it"
-    notices = getattr(s, "notices", None)
-    if not line3 and notices:
-        line3 = f"note: {notices[-1]}"
-    if line3:
+    rows = describe_run_status(snap.status, s, run_dir=snap.run_dir, steps=TUI_STEPS)
+    if rows:
         t.append("\n")
-        t.append(line3, style="red" if snap.status in ("failed", "crashed") else "italic")
+        t.append_text(sentence_text(rows[0]))
     return t
 
 
@@ -639,29 +624,13 @@ class TrainScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="fit")
     def _estimate(self, spec: TrainSpec) -> None:
         # the estimate reads the model's config and NVML: blocking, so in a thread
-        from medtui_engine.demo import demo_dir, resolve_model
-        from medtui_engine.envcheck import fit_check
-        from medtui_engine.gpu import read_nvml
-        from medtui_engine.vram import TrainSetting
+        from medtui_engine.fit import estimate_fit_for_spec
 
-        if spec.model in ("", "demo") and not (demo_dir() / "config.json").is_file():
-            # not worth building the demo model (and importing torch) for an estimate
-            self.post_message(self.FitDone(Text("Will it fit: the demo model is tiny (random weights): it fits "
-                                                "anywhere, CPU included", style="green")))
-            return
-        try:
-            nvml = read_nvml(with_processes=False)
-            backend = spec.backend if spec.backend in ("unsloth", "hf") else "unsloth"
-            setting = TrainSetting(bits=4 if spec.load_in_4bit else 16, seq_len=spec.max_seq_length,
-                                   batch=spec.micro_batch, lora_rank=spec.lora_r,
-                                   gradient_checkpointing=spec.gradient_checkpointing, backend=backend)
-            _info, line = fit_check(resolve_model(spec.model), setting, nvml)
-            style = {"ok": "green", "warning": "yellow", "problem": "bold red"}.get(line.verdict, "")
-            text = Text.assemble(("Will it fit: ", "bold"), (line.value, style))
-            if line.fix:
-                text.append(f"\n  {line.fix}", style="dim")
-        except Exception as exc:  # a model directory we cannot read: say so in place
-            text = Text(f"Will it fit: cannot estimate ({exc})", style="yellow")
+        line = estimate_fit_for_spec(spec).line
+        style = {"ok": "green", "warning": "yellow", "problem": "bold red"}.get(line.verdict, "")
+        text = Text.assemble(("Will it fit: ", "bold"), (line.value, style))
+        if line.fix:
+            text.append(f"\n  {line.fix}", style="dim")
         self.post_message(self.FitDone(text))
 
     @on(FitDone)

@@ -2,12 +2,14 @@
 detached merge job's progress and its verification, in one modal.
 
 The plan is read from files (no torch) in a worker thread; the job runs in its own process, so
-closing this dialog or the TUI does not stop it. Events reach the dialog through a polling worker
-that posts immutable snapshots; widgets are only touched on the UI thread.
+closing this dialog or the TUI does not stop it. A worker polls the engine's job follower (the one
+``medtui merge`` uses) and posts immutable snapshots; widgets are only touched on the UI thread.
+The plan, the progress and the verification are the engine's rows, as the CLI prints them.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,8 +24,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from medtui_engine.merge.events import MergeState, apply_merge_event
-from medtui_engine.merge.plan import MergePlan, OutputExists, human_bytes, make_plan
+from medtui_engine.jobs.describe import describe_merge_plan, describe_merge_progress, describe_merge_result
+from medtui_engine.jobs.status import JobStatus
+from medtui_engine.merge.events import MergeState
+from medtui_engine.merge.plan import MergePlan, OutputExists, make_plan
+
+from .rows import row_text, rows_text
 
 POLL_SECONDS = 0.5
 
@@ -77,9 +83,11 @@ class MergeDialog(ModalScreen[str | None]):
             self.error = error
 
     class Progressed(Message):
-        def __init__(self, state: MergeState) -> None:
+        def __init__(self, state: MergeState, status: JobStatus, result: dict | None = None) -> None:
             super().__init__()
             self.state = state
+            self.status = status   # the follower's: crashed when the job died without a word
+            self.result = result   # the job's result.json, once it ended
 
     def __init__(self, source: Path) -> None:
         super().__init__()
@@ -88,6 +96,7 @@ class MergeDialog(ModalScreen[str | None]):
         self.plan: MergePlan | None = None
         self.job_dir: Path | None = None
         self.final: MergeState | None = None
+        self.final_status: JobStatus | None = None
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="merge-box"):
@@ -125,22 +134,10 @@ class MergeDialog(ModalScreen[str | None]):
             hint = "\nPress f to replace it (only once the new merge is complete and verified)." if msg.exists else ""
             status.update(f"[b red]Cannot merge:[/] {escape(msg.error or '')}{hint}")
             return
-        p = msg.plan
-        rows = [
-            ("Base model", f"{escape(p.base_dir)}  [dim]({escape(p.base_label)}, {p.base_architecture}, {p.base_params / 1e9:.2f} B params)[/]"),
-            ("Adapter", f"{escape(p.adapter_dir)}  [dim]({p.adapter_kind}{', run ' + p.run_id if p.run_id else ''}, r={p.lora.get('r')})[/]"),
-            ("Output", escape(p.out_dir) + ("  [yellow](replaces the existing one)[/]" if p.out_exists else "")),
-            ("Writes", "adapter only (serve with vLLM --enable-lora)" if p.adapter_only else
-             f"merged {p.dtype} weights (safetensors), tokenizer, chat template, generation config, medtui.json"),
-            ("Dtype", p.dtype + ("" if p.adapter_only else "  [dim](d switches bf16/fp16)[/]")),
-            ("Disk", f"needs about {human_bytes(p.disk_needed)}, {human_bytes(p.disk_free)} free"),
-            ("Template", p.template),
-        ]
-        if not p.adapter_only:
-            rows.append(("Method", escape(p.method_reason)))
-        if p.trained_4bit and not p.adapter_only:
-            rows.append(("Note", "the run asked for a 4-bit load; the merge reads the 16-bit base weights"))
-        box.update("\n".join(f"[b]{k:<11}[/]{v}" for k, v in rows))
+        rows = describe_merge_plan(msg.plan)
+        if not msg.plan.adapter_only:
+            rows = [replace(r, hint="d switches bf16/fp16") if r.label == "Dtype" else r for r in rows]
+        box.update(rows_text(rows))
         status.update("Enter starts the merge as a background job (closing this dialog does not stop it). "
                       "It is verified before it is installed.")
 
@@ -171,7 +168,7 @@ class MergeDialog(ModalScreen[str | None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="merge-start")
     def _start(self, plan: MergePlan) -> None:
-        from medtui_engine.commands.merge import start_merge
+        from medtui_engine.merge.launch import start_merge
 
         try:
             job_dir = start_merge(plan, self.app.ctx.workspace)
@@ -194,24 +191,16 @@ class MergeDialog(ModalScreen[str | None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="merge-follow")
     def _follow(self, job_dir: Path) -> None:
-        from medtui_engine.runs.jobs import job_alive
-        from medtui_engine.runs.tailer import EventTailer
+        from medtui_engine.jobs.follow import JobFollower
 
-        tailer = EventTailer(job_dir / "events.jsonl")
-        state = MergeState()
-        dead = 0
+        follower = JobFollower(job_dir, "merge")
         worker = get_current_worker()
         while not worker.is_cancelled:
-            for ev in tailer.read_new():
-                apply_merge_event(state, ev)
-            if not state.terminal and not job_alive(job_dir):
-                dead += 1
-                if dead > 3:
-                    state.status = "failed"
-                    state.error = f"the merge job died without finishing (see {job_dir / 'stdout.log'})"
-            self.post_message(self.Progressed(_snapshot(state)))
-            if state.terminal:
+            follower.poll()
+            if follower.done:
+                self.post_message(self.Progressed(_snapshot(follower.state), follower.status, _read_result(job_dir)))
                 return
+            self.post_message(self.Progressed(_snapshot(follower.state), follower.status))
             time.sleep(POLL_SECONDS)
 
     @on(Progressed)
@@ -219,50 +208,40 @@ class MergeDialog(ModalScreen[str | None]):
         s = msg.state
         bar = self.query_one(ProgressBar)
         status = self.query_one("#merge-status", Static)
+        progress = describe_merge_progress(s)
         if s.phase == "merge" and s.total:
             bar.update(total=100, progress=80 * s.fraction)
-            status.update(f"Merging: {int(s.done)}/{int(s.total)} tensors, {s.bytes_written / 2**30:.2f} GiB written")
         elif s.phase == "verify":
             bar.update(total=100, progress=85)
-            status.update("Verifying: loading the merged model with plain transformers and comparing it with base + adapter ...")
-        if s.terminal:
-            self.final = s
+        if progress is not None and not msg.status.ended:
+            status.update(row_text(progress, label_width=8))
+        if msg.status.ended:
+            self.final, self.final_status = s, msg.status
             bar.update(total=100, progress=100)
             # the figures matter now: the plan gives way so they fit an 80x24 terminal
             self.query_one("#merge-plan", Static).display = False
             bar.display = False
-            self.query_one("#merge-result", Static).update(self._result_text(s))
+            self.query_one("#merge-result", Static).update(
+                rows_text(describe_merge_result(s, msg.result, status=msg.status, job_dir=self.job_dir)))
             self.query_one("#merge-box").scroll_home(animate=False)
-            status.update("[b green]Merged and verified.[/]" if s.status == "finished" else "[b red]The merge failed.[/]")
-
-    def _result_text(self, s: MergeState) -> str:
-        if s.status != "finished":
-            return f"[b red]{escape(s.error or 'unknown error')}[/]\nNothing was installed at the output; details in {escape(str(self.job_dir))}/stdout.log"
-        v = s.verification or {}
-        lines = [f"[b]Output[/]      {escape(s.out)}"]
-        if v.get("top1_agreement") is not None:
-            dec = v.get("top1_agreement_decisive")
-            lines.append(f"[b]Logits[/]      max |diff| vs base+adapter {v.get('max_abs_logit_diff')} (the adapter itself moves "
-                         f"them by up to {v.get('adapter_effect_max_abs_logit')}); top-1 agreement {v.get('top1_agreement'):.2%}"
-                         + (f", {dec:.0%} at {v.get('decisive_positions')} decisive positions" if dec is not None else ""))
-            g = v.get("greedy") or {}
-            forced = all(h.get("halted") for h in v.get("forced_eos") or [])
-            natural = f"yes, after {g.get('eos_at')} tokens" if g.get("reached_eos") else f"no, within {g.get('max_new_tokens')}"
-            note = "" if v.get("natural_eos_required") else " [dim](random-weight demo: not required)[/]"
-            lines.append(f"[b]Stops[/]       EOS ids {v.get('generation_eos_ids')}; forced EOS halts: {'yes' if forced else 'NO'}; "
-                         f"greedy reached EOS by itself: {natural}{note}")
-            lines.append("[b]Loads[/]       with plain transformers, no peft/unsloth: "
-                         f"{'yes' if (v.get('checks') or {}).get('loads_without_peft_unsloth') else 'NO'}")
-        lines.append(f"[b]Serve[/]       {escape(s.serve_command or '')}")
-        return "\n".join(lines)
+            status.update("[b green]Merged and verified.[/]" if msg.status is JobStatus.FINISHED
+                          else "[b red]The merge failed.[/]")
 
     def action_close(self) -> None:
-        self.dismiss(self.final.out if self.final and self.final.status == "finished" else None)
+        self.dismiss(self.final.out if self.final and self.final_status is JobStatus.FINISHED else None)
 
 
 def _snapshot(state: MergeState) -> MergeState:
     """An independent copy for the UI thread (the worker keeps folding into its own)."""
     return replace(state, verification=dict(state.verification))
+
+
+def _read_result(job_dir: Path) -> dict | None:
+    try:
+        result = json.loads((job_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
 
 
 def open_merge_dialog(app: App, run_dir_or_adapter: Path) -> None:

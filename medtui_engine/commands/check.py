@@ -32,7 +32,7 @@ def make_fit(args: argparse.Namespace):
     if not args.model:
         return None
     from ..demo import resolve_model
-    from ..envcheck import fit_check
+    from ..fit import estimate_fit
     from ..vram import TrainSetting
 
     for name in ("seq", "batch", "rank"):
@@ -43,7 +43,12 @@ def make_fit(args: argparse.Namespace):
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     setting = TrainSetting(args.bits, args.seq, args.batch, args.rank, not args.no_gradient_checkpointing, args.backend)
-    return lambda nvml: fit_check(model_dir, setting, nvml, args.gpu)
+
+    def fit(nvml):
+        est = estimate_fit(model_dir, setting, nvml, args.gpu)
+        return est.info, est.line
+
+    return fit
 
 
 def run(args: argparse.Namespace) -> int:

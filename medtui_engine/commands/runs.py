@@ -12,6 +12,7 @@ RUN is a run id, a unique prefix of one, a run directory, or `last`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from datetime import datetime
@@ -99,7 +100,9 @@ def do_list(ctx, args) -> int:
 
 
 def do_show(ctx, args) -> int:
-    from ..runs.follow import fmt_duration
+    from ..fmt import fmt_duration
+    from ..jobs.describe import describe_run_status
+    from ..rows import format_rows
     from ..runs.store import load_run
 
     run_dir = _run_dir(ctx, args.run)
@@ -126,37 +129,34 @@ def do_show(ctx, args) -> int:
         print(f"checkpoints at steps {', '.join(map(str, state.checkpoints[-6:]))}")
     for note in state.notices[-3:]:
         print(f"note     {note}")
-    if state.status == "finished":
-        print(f"adapter  {state.adapter}")
-    elif state.status == "failed":
-        print(f"error    {state.error}")
-    elif state.status == "stopped":
-        print(f"stopped  {state.stop_reason}")
-    elif state.status == "crashed":
-        print(f"crashed  the job died without a terminal event; see {run_dir / 'stdout.log'}")
-    elif state.status == "stalled":
-        print("stalled  the job is alive but has written nothing for over two minutes")
-    if state.status in ("stopped", "failed", "crashed"):
-        print(f"resume   medtui runs resume {run_dir.name}")
+    rows = describe_run_status(state.status, state, run_dir=run_dir, notice=False)
+    if rows:
+        print(format_rows(rows, width=9))
     return EXIT_OK
 
 
 def do_tail(ctx, args) -> int:
-    from ..runs.follow import follow
+    from ..jobs.describe import describe_event, event_line
+    from ..jobs.follow import JobFollower
 
     run_dir = _run_dir(ctx, args.run)
+    follower = JobFollower(run_dir, "train")
     try:
-        state = follow(run_dir, emit=lambda line: print(line, flush=True), raw=args.json,
-                       follow_live=not args.no_follow)
+        for ev in follower.follow(live=not args.no_follow):
+            if args.json:
+                print(json.dumps(ev, ensure_ascii=False), flush=True)
+            elif row := describe_event(ev, follower.state):
+                print(event_line(row), flush=True)
     except KeyboardInterrupt:
         print("\nstopped following; the job keeps running", file=sys.stderr)
         return EXIT_OK
-    if not args.json and state.status not in ("finished", "stopped", "failed"):
-        print(f"status: {state.status}")
+    if not args.json and not follower.status.terminal:
+        print(f"status: {follower.status}")
     return EXIT_OK
 
 
 def do_stop(ctx, args) -> int:
+    from ..jobs.status import JobStatus
     from ..runs.jobs import job_alive, request_stop
     from ..runs.store import load_run
 
@@ -180,7 +180,7 @@ def do_stop(ctx, args) -> int:
     else:
         print(f"run {run_dir.name} {state.status} at step {state.step}"
               + (f"; checkpoint {state.last_checkpoint}" if state.last_checkpoint else ""))
-    return EXIT_OK if state.status in ("stopped", "finished") else EXIT_FAILED
+    return EXIT_OK if state.status in (JobStatus.STOPPED, JobStatus.FINISHED) else EXIT_FAILED
 
 
 def do_resume(ctx, args) -> int:

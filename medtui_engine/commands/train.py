@@ -89,25 +89,29 @@ def check_gpu_free(runs_dir: Path, force: bool) -> tuple[dict, list[str]]:
 
 def attach(run_dir: Path, json_mode: bool = False, past_seq: int = -1) -> int:
     """Follow the job until it ends; Ctrl-C detaches (the job keeps running)."""
-    from ..runs.follow import follow
+    import json
+
+    from ..jobs.describe import describe_event, describe_run_status, event_line
+    from ..jobs.follow import JobFollower
+    from ..jobs.status import JobStatus
+    from ..rows import sentence
 
     run_id = run_dir.name
+    follower = JobFollower(run_dir, "train", past_seq=past_seq)
     try:
-        state = follow(run_dir, emit=lambda line: print(line, flush=True), raw=json_mode, past_seq=past_seq)
+        for ev in follower.follow():
+            if json_mode:
+                print(json.dumps(ev, ensure_ascii=False), flush=True)
+            elif row := describe_event(ev, follower.state):
+                print(event_line(row), flush=True)
     except KeyboardInterrupt:
         print(f"\ndetached: the job keeps running. Re-attach with `medtui runs tail {run_id}`; "
               f"stop it with `medtui runs stop {run_id}`.", file=sys.stderr)
         return EXIT_OK
-    if state.status == "finished":
+    if follower.status is JobStatus.FINISHED:
         return EXIT_OK
-    if state.status == "crashed":
-        print(f"the job died without a word (crashed) at step {state.step}; see {run_dir / 'stdout.log'}; "
-              f"resume with `medtui runs resume {run_id}`", file=sys.stderr)
-    elif state.status == "failed":
-        print(f"run {run_id} failed at step {state.step}; fix the cause above, then resume with "
-              f"`medtui runs resume {run_id}` (details: {run_dir / 'stdout.log'})", file=sys.stderr)
-    elif state.status == "stopped":
-        print(f"run {run_id} stopped at step {state.step}; resume with `medtui runs resume {run_id}`", file=sys.stderr)
+    for row in describe_run_status(follower.status, follower.state, run_dir=run_dir, notice=False):
+        print(f"run {run_id} {sentence(row)}", file=sys.stderr)
     return EXIT_FAILED
 
 

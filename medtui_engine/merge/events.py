@@ -1,22 +1,24 @@
 """The merge job's events and the reducer that folds them into a :class:`MergeState`.
 
 Merge jobs write the same schema-v1 ``events.jsonl`` as training (same writer, same tailer), with
-their own event types (``MERGE_EVENT_TYPES``, defined beside the shared schema in ``runs.events``).
-Terminal events are the shared ``finished`` / ``failed``.
+their own event types (``MERGE_EVENT_TYPES``, defined beside the shared schema in ``runs.events``,
+where the validator finds them). Terminal events are the shared ``finished`` / ``failed``. The job
+kind ``merge`` (:mod:`medtui_engine.jobs.kinds`) pairs :class:`MergeState` with
+:func:`apply_merge_event`; :class:`medtui_engine.jobs.follow.JobFollower` follows a merge job.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..runs.events import MERGE_EVENT_TYPES  # noqa: F401  (defined with the shared schema)
+from ..jobs.status import JobStatus
 
 JOB_MODULE = "medtui_engine.merge.job"
 
 
 @dataclass
 class MergeState:
-    status: str = "new"              # new | running | finished | failed
+    status: JobStatus = JobStatus.NEW    # new | running | finished | failed (crashed: by the follower)
     phase: str = ""
     done: float = 0
     total: float = 0
@@ -38,7 +40,7 @@ class MergeState:
 
     @property
     def terminal(self) -> bool:
-        return self.status in {"finished", "failed"}
+        return JobStatus(self.status).terminal
 
     @property
     def fraction(self) -> float:
@@ -51,7 +53,7 @@ def apply_merge_event(state: MergeState, ev: dict) -> MergeState:
     if isinstance(ev.get("t"), (int, float)):
         state.last_event_t = float(ev["t"])
     if kind == "merge_begin":
-        state.status = "running"
+        state.status = JobStatus.RUNNING
         for name in ("base", "adapter", "out", "dtype", "method"):
             setattr(state, name, str(ev.get(name) or ""))
         state.adapter_only = bool(ev.get("adapter_only"))
@@ -68,21 +70,15 @@ def apply_merge_event(state: MergeState, ev: dict) -> MergeState:
     elif kind == "merge_verified":
         state.verification = dict(ev.get("record") or {k: ev.get(k) for k in ("max_abs_logit_diff", "top1_agreement", "failed_checks")})
     elif kind == "finished":
-        state.status = "finished"
+        state.status = JobStatus.FINISHED
         state.phase = "done"
         state.out = str(ev.get("out") or state.out)
         state.serve_command = ev.get("serve_command")
         state.gguf = ev.get("gguf")
         state.runtime_s = ev.get("runtime_s")
     elif kind == "failed":
-        state.status = "failed"
+        state.status = JobStatus.FAILED
         state.error = ev.get("error")
         state.error_type = ev.get("error_type")
     return state
 
-
-def fold_merge(events, state: MergeState | None = None) -> MergeState:
-    state = state or MergeState()
-    for ev in events:
-        apply_merge_event(state, ev)
-    return state

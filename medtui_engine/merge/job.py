@@ -17,7 +17,6 @@ from pathlib import Path
 from ..offline import apply_offline
 from ..runs.events import EventWriter
 from ..runs.jobs import proc_start_time
-from .events import JOB_MODULE  # noqa: F401 - also registers the merge event types
 from .plan import MergePlan
 
 SPEC = "spec.json"

@@ -110,10 +110,11 @@ def resolve_source(source: str | os.PathLike[str], runs_dir: Path | None) -> tup
         kind = f"checkpoint-{step}" if step is not None else ("final adapter" if run_dir and path.name == "adapter" else "adapter directory")
         return path, run_dir, kind, step
     if (path / "spec.json").is_file():
+        from ..jobs.status import JobStatus
         from ..runs.store import load_run
 
         _, state = load_run(path)
-        if state.status in ("starting", "running", "stalled"):
+        if JobStatus(state.status).active:
             raise UserError(f"run {path.name} is still training: stop it first (medtui runs stop {path.name}), "
                             "or merge one of its checkpoints by giving the checkpoint directory")
         if is_adapter_dir(path / "adapter"):

@@ -6,8 +6,8 @@ under a second); callers that hand a state to another thread should :meth:`RunSt
 
 ``status`` here is what the events say: ``new`` (nothing yet), ``starting`` (job_start seen),
 ``running`` (train_begin seen), or the terminal ``finished`` / ``stopped`` / ``failed``. Whether a
-non-terminal run is really ``crashed`` or ``stalled`` depends on the process, which only
-:func:`medtui_engine.runs.store.load_run` looks at.
+non-terminal run is really ``crashed`` or ``stalled`` depends on the process, which the follower
+(:class:`medtui_engine.jobs.follow.JobFollower`) and :func:`medtui_engine.runs.store.load_run` look at.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-TERMINAL_STATUSES = frozenset({"finished", "stopped", "failed"})
-ACTIVE_STATUSES = frozenset({"starting", "running", "stalled"})
+from ..jobs.status import JobStatus
 
 
 @dataclass
 class RunState:
     run_id: str = ""
-    status: str = "new"
+    status: JobStatus = JobStatus.NEW
     # progress
     step: int = 0
     total_steps: int = 0
@@ -88,7 +87,7 @@ class RunState:
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return JobStatus(self.status).terminal
 
     @property
     def progress(self) -> float:
@@ -129,7 +128,7 @@ def _truncate_after(state: RunState, step: int) -> None:
 def _on_job_start(state: RunState, ev: dict) -> None:
     if ev.get("resumed_from") is not None or state.events > 1:
         state.resumed += 1
-    state.status = "starting"
+    state.status = JobStatus.STARTING
     state.pid = ev.get("pid")
     state.start_time = ev.get("start_time")
     state.backend = ev.get("backend") or state.backend
@@ -138,7 +137,7 @@ def _on_job_start(state: RunState, ev: dict) -> None:
 
 
 def _on_train_begin(state: RunState, ev: dict) -> None:
-    state.status = "running"
+    state.status = JobStatus.RUNNING
     for name in ("total_steps", "start_step", "epochs", "steps_per_epoch", "num_examples", "train_tokens",
                  "micro_batch", "grad_accum", "max_seq_length", "model", "model_label", "device"):
         if ev.get(name) is not None:
@@ -153,8 +152,8 @@ def _on_log(state: RunState, ev: dict) -> None:
     if not isinstance(step, int):
         return
     state.step = step
-    if state.status == "starting":
-        state.status = "running"
+    if state.status == JobStatus.STARTING:
+        state.status = JobStatus.RUNNING
     epoch = _num(ev.get("epoch"))
     if epoch is not None:
         state.epoch = epoch
@@ -209,7 +208,7 @@ def _on_heartbeat(state: RunState, ev: dict) -> None:
 
 
 def _on_finished(state: RunState, ev: dict) -> None:
-    state.status = "finished"
+    state.status = JobStatus.FINISHED
     if isinstance(ev.get("step"), int):
         state.step = ev["step"]
     state.adapter = ev.get("adapter")
@@ -219,7 +218,7 @@ def _on_finished(state: RunState, ev: dict) -> None:
 
 
 def _on_stopped(state: RunState, ev: dict) -> None:
-    state.status = "stopped"
+    state.status = JobStatus.STOPPED
     if isinstance(ev.get("step"), int):
         state.step = ev["step"]
     state.stop_reason = ev.get("reason")
@@ -227,7 +226,7 @@ def _on_stopped(state: RunState, ev: dict) -> None:
 
 
 def _on_failed(state: RunState, ev: dict) -> None:
-    state.status = "failed"
+    state.status = JobStatus.FAILED
     if isinstance(ev.get("step"), int):
         state.step = ev["step"]
     state.error = ev.get("error")

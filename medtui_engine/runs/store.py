@@ -9,15 +9,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..jobs.status import STALL_AFTER_S, JobStatus, resolve_job_status  # noqa: F401 (STALL_AFTER_S lived here)
 from .events import read_events
 from .jobs import job_alive, read_job
-from .state import TERMINAL_STATUSES, RunState, fold
+from .state import RunState, fold
 
 SPEC_FILE = "spec.json"
 EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
-STALL_AFTER_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -69,30 +69,25 @@ def read_spec(run_dir: Path) -> dict:
         return {}
 
 
-def resolve_status(state: RunState, run_dir: Path, now: float | None = None, alive: bool | None = None) -> str:
-    """The status the user should see: the events' status, corrected by the process's liveness."""
-    if state.status in TERMINAL_STATUSES:
-        return state.status
+def resolve_status(state: RunState, run_dir: Path, now: float | None = None, alive: bool | None = None) -> JobStatus:
+    """The status the user should see: the events' status, corrected by the process's liveness
+    (see :func:`medtui_engine.jobs.status.resolve_job_status`)."""
+    if JobStatus(state.status).terminal:
+        return JobStatus(state.status)
     if alive is None:
         alive = job_alive(run_dir)
-    if alive:
-        now = time.time() if now is None else now
-        if state.last_event_t is not None and now - state.last_event_t > STALL_AFTER_S:
-            return "stalled"
-        return state.status if state.status != "new" else "starting"
-    if read_job(run_dir) is None and state.events == 0:
-        return "new"
-    # a job that died without writing a terminal event (kill -9, OOM killer, power cut)
-    return "crashed"
+    return resolve_job_status(state.status, alive=alive, started=state.events > 0 or read_job(run_dir) is not None,
+                              last_event_t=state.last_event_t, now=now)
 
 
 def load_run(run_dir: Path) -> tuple[dict, RunState]:
     """The run's spec and its folded state, with ``status`` resolved (crashed / stalled)."""
     run_dir = Path(run_dir)
     spec = read_spec(run_dir)
+    alive = job_alive(run_dir)  # before reading: a terminal event written just before the exit is then seen
     state = fold(read_events(run_dir / EVENTS_FILE))
     state.run_id = run_dir.name
-    state.status = resolve_status(state, run_dir)
+    state.status = resolve_status(state, run_dir, alive=alive)
     return spec, state
 
 

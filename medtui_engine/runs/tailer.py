@@ -24,11 +24,13 @@ class EventTailer:
         self.bad_lines = 0      # lines that were not a JSON object (skipped)
         self.reset = False      # set by the last read_new() when the file was truncated/replaced
         self.resets = 0
+        self.at_end = True      # the last read_new() consumed every complete line the file had then
         self._ino: tuple[int, int] | None = None
 
     def read_new(self) -> list[dict]:
         """The complete events written since the last call (never raises on bad lines)."""
         self.reset = False
+        self.at_end = True
         try:
             fh = open(self.path, "rb")
         except FileNotFoundError:
@@ -45,6 +47,7 @@ class EventTailer:
                 return []
             fh.seek(self.offset)
             data = fh.read(min(st.st_size - self.offset, self.max_bytes))
+            self.at_end = self.offset + len(data) >= st.st_size
         end = data.rfind(b"\n")
         if end < 0:
             if len(data) >= self.max_bytes:  # one absurdly long line: skip it rather than stall forever

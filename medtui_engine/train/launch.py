@@ -85,6 +85,7 @@ def start_run(runs_dir: Path, spec: TrainSpec, force: bool = False, name: str | 
 
 def resume_run(runs_dir: Path, run_dir: Path, force: bool = False) -> Started:
     """Continue a stopped, failed or crashed run from its newest checkpoint, in the same directory."""
+    from ..jobs.status import JobStatus
     from ..runs.events import last_seq
     from ..runs.jobs import launch_job
     from ..runs.store import EVENTS_FILE, load_run, newest_checkpoint
@@ -93,9 +94,9 @@ def resume_run(runs_dir: Path, run_dir: Path, force: bool = False) -> Started:
     spec, state = load_run(run_dir)
     if not spec:
         raise UserError(f"run {run_dir.name} has no readable spec.json: it cannot be resumed")
-    if state.status in ("starting", "running", "stalled"):
+    if JobStatus(state.status).active:
         raise UserError(f"run {run_dir.name} is still {state.status}; follow it with `medtui runs tail {run_dir.name}`")
-    if state.status == "finished":
+    if state.status == JobStatus.FINISHED:
         raise UserError(f"run {run_dir.name} already finished (adapter: {state.adapter}); start a new run to train more")
     gpu_env, warnings = pick_gpu(runs_dir, force)
     ckpt = newest_checkpoint(run_dir)
