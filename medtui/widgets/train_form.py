@@ -102,8 +102,10 @@ class TrainForm(VerticalScroll):
             w.value = s.format(value)
 
     def set_value(self, name: str, value: Any) -> None:
-        """Put ``value`` in ``name``'s entry, as if typed (it is checked)."""
+        """Put ``value`` in ``name``'s entry and check it (also before the form is ready)."""
         self._show(name, value)
+        self._check(name)
+        self._publish()
 
     def spec(self) -> TrainSpec:
         """The base spec with every entry that parses."""
