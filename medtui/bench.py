@@ -70,8 +70,8 @@ def _events_file(run_dir: Path, steps: int, t0: float = 1_700_000_000.0) -> None
 
 def bench_render(tmp: Path, steps: int = TOTAL) -> dict:
     from medtui.runwatch import RunWatcher
-    from medtui.screens.train import loss_chart, small_chart
     from medtui.widgets.curves import render_chart
+    from medtui.widgets.run_view import loss_chart, small_chart
 
     run_dir = tmp / "runs" / "20250101-000000-bench-long"
     _events_file(run_dir, steps)
@@ -135,7 +135,7 @@ async def _app_render(tmp: Path, run_dir: Path, snap) -> float:
 
 async def _attached_view(app, pilot, timeout: float = 60.0):
     """The live view once it shows its first snapshot and the app has settled."""
-    from medtui.screens.train import RunView
+    from medtui.widgets.run_view import RunView
 
     t = time.monotonic()
     while time.monotonic() - t < timeout:

@@ -178,9 +178,13 @@ def test_spec_defaults_are_the_seeds_and_bad_values_are_refused(tmp_path):
     with pytest.raises(SpecError) as err:
         bad.validate()
     text = str(err.value)
-    for needle in ("LoRA rank", "learning rate", "template 'alpaca'", "backend 'tpu'", "micro batch",
-                   "--eval-fraction", "missing.jsonl does not exist", "no config.json"):
+    for needle in ("LoRA rank", "Learning rate", "template 'alpaca'", "Backend 'tpu'", "Micro batch",
+                   "Eval fraction", "missing.jsonl does not exist", "no config.json"):
         assert needle in text, needle
+    assert "--" not in text  # settings are named by their labels; the CLI adds its flags
+    assert {p.field for p in err.value.problems} == {"data", "model", "lora_r", "learning_rate", "template",
+                                                     "backend", "micro_batch", "eval_steps"}
+    assert "Eval steps (--eval-steps)" in err.value.render(flags=True)
     s.data = str(tmp_path / "d.jsonl")
     Path(s.data).write_text("{}\n")
     s.validate()
@@ -194,7 +198,7 @@ def test_cli_refuses_bad_settings_before_starting(tmp_path, workspace):
     r = subprocess.run([sys.executable, "-m", "medtui_engine.cli", "train", "--data", str(data), "--lora-r", "0",
                         "--epochs", "-1", "--detach"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert "LoRA rank" in r.stderr and "epochs" in r.stderr and "Traceback" not in r.stderr
+    assert "LoRA rank (--lora-r)" in r.stderr and "Epochs (--epochs)" in r.stderr and "Traceback" not in r.stderr
     assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
     r = subprocess.run([sys.executable, "-m", "medtui_engine.cli", "runs", "show", "nope"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -11,8 +11,9 @@ from textual.widgets import DataTable
 
 from medtui.app import MedtuiApp
 from medtui.screens.runs import CompareScreen, RunsScreen
-from medtui.screens.train import RunView, TrainScreen
+from medtui.screens.train import TrainScreen
 from medtui.widgets.curves import LineChart
+from medtui.widgets.run_view import RunView
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
 FINISHED = FIXTURES / "20251124-160000-qwen7b"
@@ -50,7 +51,7 @@ async def test_runs_are_listed_compared_and_attached(app_on_runs: MedtuiApp):
         assert isinstance(app.screen, RunsScreen)
         # mark both (space moves down), compare
         await pilot.press("space", "space")
-        assert app.screen.marked == [STOPPED.name, FINISHED.name]
+        assert app.screen.marked == (STOPPED.name, FINISHED.name)
         assert "✓" in table_text(app)[0]
         assert len(preview.data.series) == 2  # the preview overlays the marked runs
         await pilot.press("c")

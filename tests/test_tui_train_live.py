@@ -12,8 +12,9 @@ import pytest
 from helpers import wait_until
 
 from medtui.app import MedtuiApp
-from medtui.screens.train import RunView, TrainScreen
+from medtui.screens.train import TrainScreen
 from medtui.widgets.curves import LineChart
+from medtui.widgets.run_view import RunView
 from medtui_engine.runs.jobs import JOB_FILE, proc_start_time
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
@@ -109,7 +110,7 @@ async def test_live_view_is_usable_at_80x24(make_app):
 async def test_form_shows_the_engines_messages_inline_and_blocks_start(make_app, workspace: Path, demo_model: Path):
     app = make_app("train")
     async with app.run_test(size=(100, 32)) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen._ready, "the form")
+        await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen.ready, "the form")
         screen = app.screen
         start = screen.query_one("#train-start")
         assert screen.query_one("#f-lora_r").value == "32"            # the seed's defaults
@@ -121,7 +122,7 @@ async def test_form_shows_the_engines_messages_inline_and_blocks_start(make_app,
         screen.query_one("#f-epochs").value = "three"
         await pilot.pause(0.2)
         err_r = str(screen.query_one("#err-lora_r").render())
-        assert "LoRA rank" in err_r and "1 to 1024" in err_r
+        assert "LoRA rank" in err_r and "1 to 1024" in err_r and "--" not in err_r  # the setting, not the flag
         assert "must be a number" in str(screen.query_one("#err-epochs").render())
         assert start.disabled
         assert screen.query_one("#f-lora_r").has_class("-invalid")

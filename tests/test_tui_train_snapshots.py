@@ -16,7 +16,8 @@ from helpers import wait_until
 
 from medtui.app import MedtuiApp
 from medtui.screens.runs import CompareScreen, RunsScreen
-from medtui.screens.train import RunView, TrainScreen
+from medtui.screens.train import TrainScreen
+from medtui.widgets.run_view import RunView
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
 FINISHED = FIXTURES / "20251124-160000-qwen7b"

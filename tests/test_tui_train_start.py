@@ -10,8 +10,10 @@ import pytest
 from helpers import wait_until
 
 from medtui.app import MedtuiApp
-from medtui.screens.train import ConfirmStop, RunView, TrainScreen
+from medtui.screens.train import TrainScreen
+from medtui.widgets.confirm import Confirm
 from medtui.widgets.curves import LineChart
+from medtui.widgets.run_view import RunView
 from medtui_engine.runs.jobs import job_alive, kill_job, wait_job
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "demo_train.jsonl"
@@ -23,7 +25,7 @@ async def test_start_watch_stop_and_resume_a_demo_run_from_the_form(workspace: P
     run_dir = None
     try:
         async with app.run_test(size=(100, 32)) as pilot:
-            await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen._ready, "the form", 60)
+            await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen.ready, "the form", 60)
             screen = app.screen
             for name, value in {"data": str(DATA), "limit_rows": "4", "max_seq_length": "256", "grad_accum": "1",
                                 "epochs": "50", "lora_r": "8", "lora_alpha": "8"}.items():
@@ -45,7 +47,8 @@ async def test_start_watch_stop_and_resume_a_demo_run_from_the_form(workspace: P
             assert view.snapshot.log_lines  # the job's stdout.log tail
 
             await pilot.press("s")
-            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmStop), "the confirmation", 10)
+            await wait_until(pilot, lambda: isinstance(app.screen, Confirm), "the confirmation", 10)
+            assert "Stop run" in str(app.screen.query_one(".section-title").render())
             await pilot.press("y")
             await wait_until(pilot, lambda: view.snapshot.status == "stopped", "stopped", 240)
             assert "STOPPED" in str(screen.query_one("#rv-status").render())
@@ -59,7 +62,7 @@ async def test_start_watch_stop_and_resume_a_demo_run_from_the_form(workspace: P
                              "the resumed job", 240)
             assert view.snapshot.state.start_step == stopped_at
             await pilot.press("s")
-            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmStop), "the confirmation", 10)
+            await wait_until(pilot, lambda: isinstance(app.screen, Confirm), "the confirmation", 10)
             await pilot.press("y")
             await wait_until(pilot, lambda: view.snapshot.status == "stopped" and view.snapshot.state.resumed >= 1,
                              "stopped again", 240)

@@ -9,6 +9,7 @@ overlap, and none run while another screen is shown.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -17,14 +18,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
+from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from medtui_engine.jobs.status import JobStatus
 
+from ..run_actions import ask_stop, do_console, do_merge, do_resume
 from ..runwatch import RunIndex, RunRow
 from ..widgets.curves import PALETTE, ChartData, LineChart, Series, fmt_num
-from .train import STATUS_STYLE, ScreenActions, ask_stop, do_console, do_merge, do_resume
+from ..widgets.run_view import STATUS_STYLE
 
 POLL_ACTIVE_S = 2.0     # while some run is training
 POLL_IDLE_S = 5.0
@@ -77,7 +80,6 @@ def compare_chart(rows: list[RunRow], smooth: bool = True, log_y: bool = False) 
 class CompareScreen(ModalScreen[None]):
     """The loss curves of two or more runs on one chart."""
 
-    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("escape,q", "close", "Close", id="compare-close"),
         Binding("x", "smooth", "Raw/smoothed", id="compare-smooth", tooltip="Toggle EMA smoothing"),
@@ -92,11 +94,14 @@ class CompareScreen(ModalScreen[None]):
     CompareScreen #compare-table { height: auto; max-height: 8; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
+    smooth: var[bool] = var(True, init=False)
+    """EMA-smoothed curves (x toggles)."""
+    log_y: var[bool] = var(False, init=False)
+    """Loss on a log scale (g toggles)."""
+
     def __init__(self, rows: list[RunRow]) -> None:
         super().__init__()
         self.rows = rows
-        self.smooth = True
-        self.log_y = False
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -118,13 +123,13 @@ class CompareScreen(ModalScreen[None]):
     def _redraw(self) -> None:
         self.query_one("#compare-chart", LineChart).data = compare_chart(self.rows, self.smooth, self.log_y)
 
+    watch_smooth = watch_log_y = _redraw
+
     def action_smooth(self) -> None:
         self.smooth = not self.smooth
-        self._redraw()
 
     def action_log_scale(self) -> None:
         self.log_y = not self.log_y
-        self._redraw()
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -132,7 +137,6 @@ class CompareScreen(ModalScreen[None]):
 
 class RunsScreen(Screen):
     CSS_PATH = "runs.tcss"
-    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("a", "attach", "Attach", id="runs-attach", tooltip="Open the live view of this run (also enter)"),
         Binding("space", "mark", "Mark", id="runs-mark", tooltip="Mark runs to compare"),
@@ -143,17 +147,20 @@ class RunsScreen(Screen):
         Binding("o", "console", "Console", id="runs-console", tooltip="Open the console with this run's adapter"),
     ]
 
+    @dataclass
     class Polled(Message):
-        def __init__(self, rows: list[RunRow], error: str | None = None) -> None:
-            super().__init__()
-            self.rows = rows
-            self.error = error
+        """One poll's rows (immutable), or why the runs could not be read."""
+
+        rows: tuple[RunRow, ...]
+        error: str | None = None
+
+    marked: var[tuple[str, ...]] = var(tuple, init=False)
+    """The runs marked to compare, in the order they were marked."""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[str, RunRow] = {}
         self.order: list[str] = []
-        self.marked: list[str] = []
         self.index: RunIndex | None = None
         self.polls = 0
         self._timer = None
@@ -197,9 +204,9 @@ class RunsScreen(Screen):
         try:
             rows = self.index.refresh()
         except OSError as exc:
-            self.post_message(self.Polled([], f"cannot read {self.index.runs_dir}: {exc.strerror or exc}"))
+            self.post_message(self.Polled((), f"cannot read {self.index.runs_dir}: {exc.strerror or exc}"))
             return
-        self.post_message(self.Polled(rows))
+        self.post_message(self.Polled(tuple(rows)))
 
     @on(Polled)
     def _polled(self, message: Polled) -> None:
@@ -212,12 +219,12 @@ class RunsScreen(Screen):
             busy = any(JobStatus(r.summary.status).active for r in message.rows)
             self._timer = self.set_timer(POLL_ACTIVE_S if busy else POLL_IDLE_S, self._poll)
 
-    def _apply(self, rows: list[RunRow]) -> None:
+    def _apply(self, rows: tuple[RunRow, ...]) -> None:
         table = self.query_one(DataTable)
         new_order = [r.summary.run_id for r in rows]
         old = self.rows
         self.rows = {r.summary.run_id: r for r in rows}
-        self.marked = [m for m in self.marked if m in self.rows]
+        self.marked = tuple(m for m in self.marked if m in self.rows)
         if new_order != self.order:
             current = self.current_id()
             table.clear()
@@ -280,6 +287,12 @@ class RunsScreen(Screen):
     def _selected(self) -> None:
         self.action_attach()
 
+    def watch_marked(self, old: tuple[str, ...], new: tuple[str, ...]) -> None:
+        for rid in set(old) ^ set(new):
+            if rid in self.rows and rid in self.order:
+                self._update_row(rid)
+        self._preview()
+
     # ---- actions
     def _need(self) -> Path | None:
         rid = self.current_id()
@@ -296,12 +309,7 @@ class RunsScreen(Screen):
         rid = self.current_id()
         if rid is None:
             return
-        if rid in self.marked:
-            self.marked.remove(rid)
-        else:
-            self.marked.append(rid)
-        self._update_row(rid)
-        self._preview()
+        self.marked = tuple(m for m in self.marked if m != rid) if rid in self.marked else (*self.marked, rid)
         table = self.query_one(DataTable)
         if table.cursor_row is not None and table.cursor_row < len(self.order) - 1:
             table.move_cursor(row=table.cursor_row + 1)

@@ -17,67 +17,58 @@ from ..train.launch import JOB_MODULE  # noqa: F401 - kept importable from here 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..train.spec import BACKENDS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainSpec
-
-    d = TrainSpec()
-    p.add_argument("--data", metavar="FILE", required=True, help="training cases (JSON, JSONL, CSV, Parquet)")
-    p.add_argument("--model", metavar="DIR|demo", default="demo", help="local model directory, or 'demo' (default)")
-    p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="auto: Unsloth where installed and a GPU is present, else hf")
-    p.add_argument("--template", choices=("seed", "chat"), default=d.template, help="prompt format (default: seed)")
-    p.add_argument("--mask-prompt", action="store_true", help="train on the reasoning and answer only (no loss on the prompt)")
+    """The options are generated from the settings declared on TrainSpec (one per field that has a flag)."""
+    add_setting_arguments(p)
     p.add_argument("--name", help="a short name for the run id (default: the model's name)")
-    g = p.add_argument_group("data fields")
-    g.add_argument("--field-question", default=d.field_question, metavar="NAME")
-    g.add_argument("--field-cot", default=d.field_cot, metavar="NAME", help="reasoning field ('' for none)")
-    g.add_argument("--field-response", default=d.field_response, metavar="NAME")
-    g.add_argument("--limit-rows", type=int, default=0, metavar="N", help="use only the first N cases (a quick trial)")
-    g.add_argument("--eval-fraction", type=float, default=d.eval_fraction, metavar="F", help="hold out this share for eval loss (default 0)")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-r", type=int, default=d.lora_r, metavar="R")
-    g.add_argument("--lora-alpha", type=float, default=d.lora_alpha, metavar="A")
-    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout, metavar="P")
-    g.add_argument("--target-modules", default=",".join(d.target_modules), metavar="LIST")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=float, default=d.epochs)
-    g.add_argument("--max-steps", type=int, default=0, metavar="N", help="stop after N optimizer steps (0: by epochs)")
-    g.add_argument("--lr", type=float, default=d.learning_rate, metavar="LR")
-    g.add_argument("--micro-batch", type=int, default=d.micro_batch, metavar="N")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum, metavar="N")
-    g.add_argument("--max-seq-length", type=int, default=d.max_seq_length, metavar="N")
-    g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, metavar="F")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
-    g.add_argument("--optim", choices=OPTIMIZERS, default=d.optim)
-    g.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="auto: bf16 where supported, else fp16; fp32 on the CPU")
-    g.add_argument("--no-4bit", action="store_true", help="load the base model in 16-bit instead of 4-bit")
-    g.add_argument("--no-gradient-checkpointing", action="store_true")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("checkpoints and evaluation")
-    g.add_argument("--save-steps", type=int, default=0, metavar="N", help="also checkpoint every N steps (0: epochs only)")
-    g.add_argument("--no-save-epoch", action="store_true", help="no checkpoint at the end of each epoch")
-    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, metavar="K")
-    g.add_argument("--eval-steps", type=int, default=0, metavar="N", help="eval every N steps (0: each epoch)")
-    g.add_argument("--heartbeat", type=float, default=d.heartbeat_s, metavar="SECONDS", help=argparse.SUPPRESS)
     p.add_argument("--detach", action="store_true", help="start the job and return at once")
     p.add_argument("--force", action="store_true", help="start even if a medtui job is training on the same GPU")
     add_common(p)
 
 
-def spec_from_args(args) -> object:
-    from ..train.spec import TrainSpec, parse_targets
+_ARG_TYPES = {"int": int, "float": float, "number": float, "text": str, "list": str, "choice": None}
 
-    return TrainSpec(
-        model=args.model, data=args.data, field_question=args.field_question, field_cot=args.field_cot,
-        field_response=args.field_response, limit_rows=args.limit_rows, template=args.template,
-        mask_prompt=args.mask_prompt, backend=args.backend, lora_r=args.lora_r,
-        lora_alpha=int(args.lora_alpha) if float(args.lora_alpha).is_integer() else args.lora_alpha,
-        lora_dropout=args.lora_dropout, target_modules=parse_targets(args.target_modules),
-        load_in_4bit=not args.no_4bit, gradient_checkpointing=not args.no_gradient_checkpointing,
-        precision=args.precision, micro_batch=args.micro_batch, grad_accum=args.grad_accum, epochs=args.epochs,
-        max_steps=args.max_steps, learning_rate=args.lr, max_seq_length=args.max_seq_length,
-        warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, optim=args.optim, seed=args.seed,
-        eval_fraction=args.eval_fraction, eval_steps=args.eval_steps, save_steps=args.save_steps,
-        save_every_epoch=not args.no_save_epoch, keep_checkpoints=args.keep_checkpoints, heartbeat_s=args.heartbeat,
-    )
+
+def add_setting_arguments(p: argparse.ArgumentParser) -> None:
+    """One option per TrainSpec setting with a flag, in the sections of GROUPS; the option's dest is the
+    field's name, its default the field's default."""
+    from ..train.spec import GROUPS, SETTINGS, default_value
+
+    sections = {g: (p if g == "" else p.add_argument_group(g)) for g in GROUPS}
+    for group in GROUPS:
+        # the spec's order, required options first (the usage line starts with --data FILE)
+        for name, s in sorted(SETTINGS.items(), key=lambda item: not item[1].cli_required):
+            if s.flag is None or s.group != group:
+                continue
+            kw: dict = {"dest": name, "help": argparse.SUPPRESS if s.hidden else (s.help or None)}
+            default = default_value(name)
+            if s.kind == "bool":
+                # a negative flag turns a setting that is on by default off (--no-4bit), and vice versa
+                kw.update(action="store_false" if s.negative else "store_true", default=default)
+            else:
+                if s.cli_required:
+                    kw["required"] = True
+                else:
+                    kw["default"] = s.format(default) if s.kind == "list" else default
+                if s.choices:
+                    kw["choices"] = s.choices
+                if _ARG_TYPES[s.kind] not in (None, str):
+                    kw["type"] = _ARG_TYPES[s.kind]
+                if s.metavar:
+                    kw["metavar"] = s.metavar
+            sections[group].add_argument(s.flag, **kw)
+
+
+def spec_from_args(args) -> object:
+    """The TrainSpec the parsed options stand for (fields without a flag keep their defaults)."""
+    from ..train.spec import SETTINGS, TrainSpec
+
+    values = {}
+    for name, s in SETTINGS.items():
+        if s.flag is None:
+            continue
+        value = getattr(args, name)
+        values[name] = s.parse(value) if s.kind in ("list", "number") else value
+    return TrainSpec(**values)
 
 
 def check_gpu_free(runs_dir: Path, force: bool) -> tuple[dict, list[str]]:
@@ -117,10 +108,17 @@ def attach(run_dir: Path, json_mode: bool = False, past_seq: int = -1) -> int:
 
 def run(args) -> int:
     from ..context import load_context
+    from ..errors import UserError
     from ..train.launch import start_run
+    from ..train.spec import SpecError
 
     ctx = load_context(args.workspace, args.config)
-    started = start_run(ctx.runs_dir, spec_from_args(args), force=args.force, name=args.name)
+    spec = spec_from_args(args)
+    try:
+        spec.validate(check_files=True)
+    except SpecError as exc:  # the settings' messages, with the flag after each label
+        raise UserError(exc.render(flags=True)) from None
+    started = start_run(ctx.runs_dir, spec, force=args.force, name=args.name)
     run_dir, pid, warnings = started.run_dir, started.pid, list(started.warnings)
     if args.json and args.detach:
         print_json({"run_id": run_dir.name, "run_dir": str(run_dir), "pid": pid, "warnings": warnings})

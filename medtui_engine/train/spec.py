@@ -1,8 +1,12 @@
 """TrainSpec: everything a training run needs, with the seed document's defaults, validated up front.
 
+Each field is declared once, with its :class:`Setting` (label, kind, CLI flag, help, group, choices,
+bounds, its own check, whether the Train form shows it). The ``medtui train`` options, the Train
+form and the validation are all generated from these declarations: a new setting is one field here.
+
 The spec is written to ``spec.json`` in the run directory before the job starts; the job reads it
-back and nothing else. Invalid values are refused with a message naming the option and what to do,
-before any process starts or any file is written.
+back and nothing else. Invalid values are refused before any process starts or any file is written,
+with messages that name the setting by its label; the CLI adds the flag when it prints them.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..templates import TEMPLATES
 
@@ -23,120 +29,291 @@ OPTIMIZERS = ("auto", "adamw_8bit", "adamw_torch", "adamw_torch_fused", "paged_a
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BIASES = ("none", "all", "lora_only")
 
+# Sections of `medtui train --help`, in order ("" is the command's own section).
+GROUPS = ("", "data fields", "LoRA", "training", "checkpoints and evaluation")
+KINDS = ("text", "int", "float", "number", "bool", "choice", "list")
+
+
+# ------------------------------------------------------------------ settings
+
+@dataclass(frozen=True)
+class Setting:
+    """What one TrainSpec field is, for people and for the two front ends.
+
+    ``rule`` is what a valid value looks like, said after the label ("must be ..."); ``lo``/``hi``
+    bound numbers (``lo_open``/``hi_open`` leave the bound out); ``check`` is any further test of
+    the value alone (True when valid). ``flag`` None keeps the setting off the command line;
+    ``negative`` makes a bool flag turn the setting off (``--no-4bit``). ``form`` shows it on the
+    Train form; ``hint`` is the form's shorter help (its placeholder, tooltip or checkbox text).
+    """
+
+    label: str
+    kind: str = "text"
+    flag: str | None = None
+    help: str = ""
+    group: str = ""
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    rule: str = ""
+    check: Callable[[Any], bool] | None = None
+    negative: bool = False
+    hidden: bool = False            # on the command line, but not in --help
+    cli_required: bool = False
+    form: bool = False
+    hint: str | None = None
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS, self.kind
+        assert self.group in GROUPS, self.group
+
+    @property
+    def form_hint(self) -> str:
+        return self.help if self.hint is None else self.hint
+
+    def named(self, flags: bool = False) -> str:
+        """The setting as a message names it: its label, and its flag where the CLI prints it."""
+        return f"{self.label} ({self.flag})" if flags and self.flag else self.label
+
+    # ---- values <-> text (the form's entries, the CLI's list option)
+    def parse(self, text: Any) -> Any:
+        """The value a form entry or a command-line string stands for; ValueError (with the rule's
+        words) when it is not one."""
+        if self.kind == "bool":
+            return bool(text)
+        if self.kind == "choice":
+            return text
+        raw = str(text).strip()
+        if self.kind == "text":
+            return raw
+        if self.kind == "list":
+            return parse_targets(raw)
+        try:
+            if self.kind == "int":
+                return int(raw)
+            value = float(raw)
+        except ValueError:
+            kind = "a whole number" if self.kind == "int" else "a number"
+            raise ValueError(f"must be {kind}, got {raw!r}") from None
+        if self.kind == "number" and value.is_integer():
+            return int(value)  # LoRA alpha 16, not 16.0, as the seed writes it
+        return value
+
+    def format(self, value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, list | tuple):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    # ---- the setting's own validation
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this setting alone (said after the label), or None."""
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        if self.kind == "choice":
+            if value in self.choices:
+                return None
+            how = " or ".join(self.choices) if len(self.choices) == 2 else "one of " + ", ".join(self.choices)
+            return f"'{value}' is unknown: choose {how}"
+        if self.kind in ("int", "float", "number"):
+            ok = _is_int(value) if self.kind == "int" else _is_num(value)
+            if ok and self.lo is not None:
+                ok = value > self.lo if self.lo_open else value >= self.lo
+            if ok and self.hi is not None:
+                ok = value < self.hi if self.hi_open else value <= self.hi
+        elif self.kind == "list":
+            ok = isinstance(value, list) and len(value) > 0
+        else:
+            ok = isinstance(value, str)
+        if ok and self.check is not None:
+            ok = self.check(value)
+        if ok:
+            return None
+        rule = self.rule or ("must be a whole number" if self.kind == "int" else "must be a number")
+        return f"{rule}, got {value!r}" if self.kind in ("int", "float", "number") else rule
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v
+
+
+def _setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **meta: Any) -> Any:
+    """A dataclass field with its Setting in the metadata."""
+    md = {"setting": Setting(**meta)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+# ------------------------------------------------------------------ problems
+
+@dataclass(frozen=True)
+class Problem:
+    """One invalid setting: ``field`` (None: the spec as a whole) and what is wrong with it.
+
+    ``text`` follows the setting's name ("must be ..."); a problem of the whole spec says all in
+    ``text`` (a text that starts with ":" follows the name directly). Other settings it mentions are ``{name}`` placeholders listed in ``refs`` (such texts
+    hold no user values), so each front end names them its own way.
+    """
+
+    field: str | None
+    text: str
+    refs: tuple[str, ...] = ()
+
+    def message(self, flags: bool = False) -> str:
+        """The sentence to show; ``flags`` adds each setting's CLI flag after its label."""
+        text = self.text
+        if self.refs:
+            text = text.format_map({r: setting(r).named(flags) for r in self.refs})
+        if self.field is None:
+            return text
+        sep = "" if text.startswith(":") else " "   # "Model: DIR has no config.json"
+        return f"{setting(self.field).named(flags)}{sep}{text}"
+
+    def __str__(self) -> str:
+        return self.message()
+
 
 class SpecError(ValueError):
-    """One or more invalid settings; ``problems`` lists each (the message joins them)."""
+    """One or more invalid settings; ``problems`` lists each as a :class:`Problem`."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid training settings:\n  - " + "\n  - ".join(problems))
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...]):
+        self.problems = tuple(problems)
+        super().__init__(self.render())
+
+    def messages(self, flags: bool = False) -> list[str]:
+        return [p.message(flags) for p in self.problems]
+
+    def render(self, flags: bool = False) -> str:
+        return "invalid training settings:\n  - " + "\n  - ".join(self.messages(flags))
+
+
+# ------------------------------------------------------------------ the spec
+
+def _names_ok(v: list) -> bool:
+    return all(isinstance(t, str) and t for t in v)
 
 
 @dataclass
 class TrainSpec:
     # what to train, on what
-    model: str = "demo"                 # a local model directory, or "demo"
-    model_label: str = ""
-    data: str = ""                      # the training file (JSON, JSONL, CSV, Parquet ...)
-    field_question: str = "Question"
-    field_cot: str = "Complex_CoT"
-    field_response: str = "Response"
-    limit_rows: int = 0                 # 0 = all rows; else the first N (quick trials)
-    template: str = "seed"              # seed | chat
-    mask_prompt: bool = False           # True: loss on reasoning + answer only
-    backend: str = "auto"               # auto | unsloth | hf
-    # LoRA (the seed's values)
-    lora_r: int = 32
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_bias: str = "none"
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    model: str = _setting(
+        "demo", label="Model", flag="--model", metavar="DIR|demo", form=True, rule="must not be empty", check=bool,
+        help="a local model directory, or 'demo' (the default: tiny, random weights)",
+        hint="a local model directory, or demo (tiny, random weights)")
+    model_label: str = _setting("", label="Model label")   # filled in from the model; not set by hand
+    data: str = _setting(
+        "", label="Training data", flag="--data", metavar="FILE", cli_required=True, form=True,
+        help="training cases (JSON, JSONL, CSV, Parquet)",
+        hint="JSON / JSONL / CSV / Parquet with Question, Complex_CoT, Response")
+    field_question: str = _setting("Question", label="Question field", flag="--field-question", metavar="NAME",
+                                   group="data fields", rule="must not be empty", check=bool)
+    field_cot: str = _setting("Complex_CoT", label="Reasoning field", flag="--field-cot", metavar="NAME",
+                              group="data fields", help="reasoning field ('' for none)")
+    field_response: str = _setting("Response", label="Response field", flag="--field-response", metavar="NAME",
+                                   group="data fields", rule="must not be empty", check=bool)
+    limit_rows: int = _setting(
+        0, label="Rows to use", kind="int", flag="--limit-rows", metavar="N", group="data fields", lo=0,
+        rule="must be 0 (all) or a positive whole number", form=True,
+        help="use only the first N cases (a quick trial)", hint="0 = all rows")
+    template: str = _setting("seed", label="Prompt template", kind="choice", choices=TEMPLATES, flag="--template",
+                             form=True, help="prompt format (default: seed)")
+    mask_prompt: bool = _setting(
+        False, label="Loss on answer only", kind="bool", flag="--mask-prompt", form=True,
+        help="train on the reasoning and answer only (no loss on the prompt)",
+        hint="mask the prompt: train on reasoning + answer")
+    backend: str = _setting("auto", label="Backend", kind="choice", choices=BACKENDS, flag="--backend", form=True,
+                            help="auto: Unsloth where installed and a GPU is present, else hf")
     # loading
-    load_in_4bit: bool = True
-    gradient_checkpointing: bool = True
-    precision: str = "auto"             # bf16 where the GPU supports it, else fp16; fp32 on the CPU
+    load_in_4bit: bool = _setting(
+        True, label="Load in 4-bit", kind="bool", flag="--no-4bit", negative=True, group="training", form=True,
+        help="load the base model in 16-bit instead of 4-bit", hint="QLoRA (GPU only; the CPU loads 16/32-bit)")
+    gradient_checkpointing: bool = _setting(True, label="Gradient checkpointing", kind="bool",
+                                            flag="--no-gradient-checkpointing", negative=True, group="training")
+    precision: str = _setting("auto", label="Precision", kind="choice", choices=PRECISIONS, flag="--precision",
+                              group="training", help="auto: bf16 where supported, else fp16; fp32 on the CPU")
+    # LoRA (the seed's values)
+    lora_r: int = _setting(32, label="LoRA rank", kind="int", flag="--lora-r", metavar="R", group="LoRA",
+                           lo=1, hi=1024, rule="must be a whole number from 1 to 1024", form=True)
+    lora_alpha: float = _setting(32, label="LoRA alpha", kind="number", flag="--lora-alpha", metavar="A",
+                                 group="LoRA", lo=0, lo_open=True, rule="must be positive", form=True)
+    lora_dropout: float = _setting(0.05, label="LoRA dropout", kind="float", flag="--lora-dropout", metavar="P",
+                                   group="LoRA", lo=0, hi=1, hi_open=True, rule="must be in [0, 1)", form=True)
+    lora_bias: str = _setting("none", label="LoRA bias", kind="choice", choices=BIASES, flag="--lora-bias",
+                              group="LoRA", help="which biases train with the adapter (default: none)")
+    target_modules: list[str] = _setting(
+        factory=lambda: list(LORA_TARGETS), label="LoRA target modules", kind="list", flag="--target-modules",
+        metavar="LIST", group="LoRA", check=_names_ok,
+        rule="must be a non-empty list of module names (e.g. q_proj,v_proj)")
     # trainer (the seed's values)
-    micro_batch: int = 1
-    grad_accum: int = 8
-    epochs: float = 3.0
-    max_steps: int = 0                  # 0 = by epochs
-    learning_rate: float = 1e-4
-    max_seq_length: int = 8192
-    warmup_ratio: float = 0.03
-    scheduler: str = "linear"
-    optim: str = "auto"                 # adamw_8bit on a GPU, adamw_torch on the CPU
-    weight_decay: float = 0.0
-    seed: int = 3407
+    micro_batch: int = _setting(1, label="Micro batch", kind="int", flag="--micro-batch", metavar="N",
+                                group="training", lo=1, hi=4096, rule="must be a whole number >= 1", form=True)
+    grad_accum: int = _setting(8, label="Grad accumulation", kind="int", flag="--grad-accum", metavar="N",
+                               group="training", lo=1, hi=65536, rule="must be a whole number >= 1", form=True)
+    epochs: float = _setting(3.0, label="Epochs", kind="float", flag="--epochs", group="training",
+                             lo=0, lo_open=True, hi=1000, rule="must be greater than 0", form=True)
+    max_steps: int = _setting(
+        0, label="Max steps", kind="int", flag="--max-steps", metavar="N", group="training", lo=0,
+        rule="must be 0 (use epochs) or a positive whole number", form=True,
+        help="stop after N optimizer steps (0: by epochs)", hint="0 = by epochs")
+    learning_rate: float = _setting(1e-4, label="Learning rate", kind="float", flag="--lr", metavar="LR",
+                                    group="training", lo=0, hi=1, lo_open=True, hi_open=True,
+                                    rule="must be between 0 and 1 (e.g. 1e-4)", form=True)
+    max_seq_length: int = _setting(8192, label="Max seq length", kind="int", flag="--max-seq-length", metavar="N",
+                                   group="training", lo=16, hi=1_048_576, rule="must be a whole number from 16",
+                                   form=True)
+    warmup_ratio: float = _setting(0.03, label="Warmup ratio", kind="float", flag="--warmup-ratio", metavar="F",
+                                   group="training", lo=0, hi=1, hi_open=True, rule="must be in [0, 1)")
+    scheduler: str = _setting("linear", label="Scheduler", kind="choice", choices=SCHEDULERS, flag="--scheduler",
+                              group="training")
+    optim: str = _setting("auto", label="Optimizer", kind="choice", choices=OPTIMIZERS, flag="--optim",
+                          group="training", help="auto: adamw_8bit on a GPU, adamw_torch on the CPU")
+    weight_decay: float = _setting(0.0, label="Weight decay", kind="float", flag="--weight-decay", metavar="F",
+                                   group="training", lo=0, hi=1, hi_open=True, rule="must be in [0, 1)")
+    seed: int = _setting(3407, label="Seed", kind="int", flag="--seed", group="training", lo=0,
+                         rule="must be a non-negative whole number")
     # evaluation and checkpoints
-    eval_fraction: float = 0.0
-    eval_steps: int = 0                 # 0 = at the end of each epoch (when there is an eval split)
-    save_steps: int = 0                 # 0 = no step checkpoints (epoch checkpoints still happen)
-    save_every_epoch: bool = True
-    keep_checkpoints: int = 3
-    logging_steps: int = 1
-    heartbeat_s: float = 5.0
+    eval_fraction: float = _setting(
+        0.0, label="Eval fraction", kind="float", flag="--eval-fraction", metavar="F", group="data fields",
+        lo=0, hi=0.5, hi_open=True, rule="must be in [0, 0.5)", form=True,
+        help="hold out this share for eval loss (default 0)", hint="0 = no eval split")
+    eval_steps: int = _setting(0, label="Eval steps", kind="int", flag="--eval-steps", metavar="N",
+                               group="checkpoints and evaluation", lo=0,
+                               rule="must be 0 (each epoch) or a positive whole number",
+                               help="eval every N steps (0: each epoch)")
+    save_steps: int = _setting(
+        0, label="Checkpoint every", kind="int", flag="--save-steps", metavar="N",
+        group="checkpoints and evaluation", lo=0, rule="must be a whole number of steps (0: each epoch only)",
+        form=True, help="also checkpoint every N steps (0: epochs only)", hint="steps; 0 = each epoch only")
+    save_every_epoch: bool = _setting(True, label="Checkpoint each epoch", kind="bool", flag="--no-save-epoch",
+                                      negative=True, group="checkpoints and evaluation",
+                                      help="no checkpoint at the end of each epoch")
+    keep_checkpoints: int = _setting(3, label="Checkpoints to keep", kind="int", flag="--keep-checkpoints",
+                                     metavar="K", group="checkpoints and evaluation", lo=1,
+                                     rule="must be at least 1")
+    logging_steps: int = _setting(1, label="Logging steps", kind="int", flag="--logging-steps", metavar="N",
+                                  group="checkpoints and evaluation", lo=1, rule="must be at least 1",
+                                  help="log the loss every N steps (default 1)")
+    heartbeat_s: float = _setting(5.0, label="Heartbeat interval", kind="float", flag="--heartbeat",
+                                  metavar="SECONDS", group="checkpoints and evaluation", hidden=True,
+                                  lo=0.2, hi=600, rule="must be 0.2 to 600 seconds")
 
     def validate(self, check_files: bool = True) -> TrainSpec:
         """Raise :class:`SpecError` listing every invalid setting; returns self when all is well."""
-        p: list[str] = []
-
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                p.append(msg)
-
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-
-        need(self.template in TEMPLATES, f"template '{self.template}' is unknown: choose {' or '.join(TEMPLATES)}")
-        need(self.backend in BACKENDS, f"backend '{self.backend}' is unknown: choose one of {', '.join(BACKENDS)}")
-        need(self.precision in PRECISIONS, f"precision '{self.precision}' is unknown: choose one of {', '.join(PRECISIONS)}")
-        need(self.scheduler in SCHEDULERS, f"scheduler '{self.scheduler}' is unknown: choose one of {', '.join(SCHEDULERS)}")
-        need(self.optim in OPTIMIZERS, f"optimizer '{self.optim}' is unknown: choose one of {', '.join(OPTIMIZERS)}")
-        need(self.lora_bias in BIASES, f"LoRA bias '{self.lora_bias}' is unknown: choose one of {', '.join(BIASES)}")
-        need(is_int(self.lora_r) and 1 <= self.lora_r <= 1024, f"LoRA rank (--lora-r) must be a whole number from 1 to 1024, got {self.lora_r!r}")
-        need(is_num(self.lora_alpha) and self.lora_alpha > 0, f"LoRA alpha (--lora-alpha) must be positive, got {self.lora_alpha!r}")
-        need(is_num(self.lora_dropout) and 0 <= self.lora_dropout < 1, f"LoRA dropout (--lora-dropout) must be in [0, 1), got {self.lora_dropout!r}")
-        need(isinstance(self.target_modules, list) and len(self.target_modules) > 0 and all(isinstance(t, str) and t for t in self.target_modules),
-             "LoRA target modules must be a non-empty list of module names (e.g. q_proj,v_proj)")
-        need(is_int(self.micro_batch) and 1 <= self.micro_batch <= 4096, f"micro batch (--micro-batch) must be a whole number >= 1, got {self.micro_batch!r}")
-        need(is_int(self.grad_accum) and 1 <= self.grad_accum <= 65536, f"gradient accumulation (--grad-accum) must be a whole number >= 1, got {self.grad_accum!r}")
-        need(is_num(self.epochs) and 0 < self.epochs <= 1000, f"epochs (--epochs) must be greater than 0, got {self.epochs!r}")
-        need(is_int(self.max_steps) and self.max_steps >= 0, f"max steps (--max-steps) must be 0 (use epochs) or a positive whole number, got {self.max_steps!r}")
-        need(is_num(self.learning_rate) and 0 < self.learning_rate < 1, f"learning rate (--lr) must be between 0 and 1 (e.g. 1e-4), got {self.learning_rate!r}")
-        need(is_int(self.max_seq_length) and 16 <= self.max_seq_length <= 1_048_576, f"max sequence length (--max-seq-length) must be a whole number from 16, got {self.max_seq_length!r}")
-        need(is_num(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, f"warmup ratio (--warmup-ratio) must be in [0, 1), got {self.warmup_ratio!r}")
-        need(is_num(self.weight_decay) and 0 <= self.weight_decay < 1, f"weight decay must be in [0, 1), got {self.weight_decay!r}")
-        need(is_int(self.seed) and self.seed >= 0, f"seed must be a non-negative whole number, got {self.seed!r}")
-        need(is_num(self.eval_fraction) and 0 <= self.eval_fraction < 0.5, f"eval fraction (--eval-fraction) must be in [0, 0.5), got {self.eval_fraction!r}")
-        need(is_int(self.eval_steps) and self.eval_steps >= 0, f"eval steps (--eval-steps) must be 0 (each epoch) or a positive whole number, got {self.eval_steps!r}")
-        need(is_int(self.save_steps) and self.save_steps >= 0, f"save steps (--save-steps) must be 0 (off) or a positive whole number, got {self.save_steps!r}")
-        need(is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1, f"checkpoints to keep (--keep-checkpoints) must be at least 1, got {self.keep_checkpoints!r}")
-        need(is_int(self.logging_steps) and self.logging_steps >= 1, f"logging steps must be at least 1, got {self.logging_steps!r}")
-        need(is_num(self.heartbeat_s) and 0.2 <= self.heartbeat_s <= 600, f"heartbeat interval must be 0.2 to 600 seconds, got {self.heartbeat_s!r}")
-        need(is_int(self.limit_rows) and self.limit_rows >= 0, f"row limit (--limit-rows) must be 0 (all) or a positive whole number, got {self.limit_rows!r}")
-        for name in ("field_question", "field_cot", "field_response"):
-            need(isinstance(getattr(self, name), str) and getattr(self, name) != "" or name == "field_cot",
-                 f"the {name.removeprefix('field_')} field name must not be empty")
-        if self.eval_steps and self.eval_fraction == 0:
-            p.append("eval steps is set but there is no eval split: set --eval-fraction (e.g. 0.05) too")
+        problems = [p for name in SETTINGS for p in validate_field(name, getattr(self, name))]
+        problems += cross_problems(self)
         if check_files:
-            if not self.data:
-                p.append("no training data: pass --data FILE (JSON, JSONL, CSV or Parquet with Question, Complex_CoT, Response)")
-            elif not Path(self.data).is_file():
-                p.append(f"the training data file {self.data} does not exist or is not a file")
-            elif not os.access(self.data, os.R_OK):
-                p.append(f"the training data file {self.data} is not readable by this user")
-            model = Path(self.model)
-            if self.model != "demo":
-                if not model.is_dir():
-                    p.append(f"the model {self.model} is not a directory: give a local model directory (config.json + safetensors + tokenizer) or 'demo'")
-                elif not (model / "config.json").is_file():
-                    p.append(f"the model directory {self.model} has no config.json: is it a Hugging Face model directory?")
-        if p:
-            raise SpecError(p)
+            problems += [p for name in FILE_SETTINGS for p in file_problems(name, getattr(self, name))]
+        if problems:
+            raise SpecError(problems)
         return self
 
     # --- files ---------------------------------------------------------------------------------
@@ -167,6 +344,64 @@ class TrainSpec:
     def read(cls, run_dir: Path) -> TrainSpec:
         with open(Path(run_dir) / "spec.json", encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
+
+
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(TrainSpec)}
+FILE_SETTINGS = ("data", "model")   # also checked against the file system
+
+
+def setting(name: str) -> Setting:
+    return SETTINGS[name]
+
+
+def form_settings() -> Iterator[tuple[str, Setting]]:
+    """The settings the Train form shows, in the spec's order."""
+    return ((n, s) for n, s in SETTINGS.items() if s.form)
+
+
+def default_value(name: str) -> Any:
+    f = TrainSpec.__dataclass_fields__[name]
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+# ------------------------------------------------------------------ validation
+
+def validate_field(name: str, value: Any, check_files: bool = False) -> list[Problem]:
+    """The problems of one setting's value on its own (and, with ``check_files``, of the file it names)."""
+    text = SETTINGS[name].problem(value)
+    problems = [Problem(name, text)] if text else []
+    if check_files and not problems and name in FILE_SETTINGS:
+        problems += file_problems(name, value)
+    return problems
+
+
+def file_problems(name: str, value: Any) -> list[Problem]:
+    """The training data must be a readable file; the model 'demo' or a model directory."""
+    if name == "data":
+        if not value:
+            return [Problem("data", "is not set: give a JSON, JSONL, CSV or Parquet file of cases "
+                                    "(Question, Complex_CoT, Response)")]
+        if not Path(value).is_file():
+            return [Problem("data", f": {value} does not exist or is not a file")]
+        if not os.access(value, os.R_OK):
+            return [Problem("data", f": {value} is not readable by this user")]
+    elif name == "model" and value != "demo":
+        model = Path(value)
+        if not model.is_dir():
+            return [Problem("model", f": {value} is not a directory: give a local model directory "
+                                     "(config.json + safetensors + tokenizer) or 'demo'")]
+        if not (model / "config.json").is_file():
+            return [Problem("model", f": {value} has no config.json: is it a Hugging Face model directory?")]
+    return []
+
+
+def cross_problems(spec: TrainSpec) -> list[Problem]:
+    """Problems of settings together, each owned by the setting that asks for the other."""
+    problems = []
+    if spec.eval_steps and spec.eval_fraction == 0:
+        problems.append(Problem("eval_steps", "is set but there is no eval split: set {eval_fraction} too "
+                                              "(e.g. 0.05)", refs=("eval_fraction",)))
+    return problems
 
 
 def parse_targets(text: str) -> list[str]:
