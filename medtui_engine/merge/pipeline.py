@@ -149,12 +149,3 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
             path = export_gguf(out, plan.dtype, Path(job_dir) / "gguf.log")
             prov["gguf"] = {"done": True, "path": str(path)}
     return prov
-
-
-def read_provenance(model_dir: Path) -> dict | None:
-    """A merged (or exported) directory's medtui.json, or None when it is not a finished medtui output."""
-    try:
-        data = json.loads((Path(model_dir) / PROVENANCE).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
