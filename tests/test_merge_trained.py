@@ -24,8 +24,6 @@ def train(workspace: Path, backend: str) -> Path:
          "--model", "demo", "--backend", backend, "--limit-rows", "4", "--max-steps", "2", "--max-seq-length", "128",
          "--micro-batch", "2", "--grad-accum", "1", "--lr", "1e-2", "--name", backend, "--json"],
         capture_output=True, text=True, timeout=600, cwd=str(ROOT), env={**os.environ, "MEDTUI_WORKSPACE": str(workspace)})
-    if proc.returncode != 0 and "unsloth" in (proc.stderr + proc.stdout).lower() and backend == "unsloth":
-        pytest.skip(f"unsloth could not train here: {proc.stderr[-500:]}")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     runs = [p for p in (workspace / "runs").iterdir() if p.name.endswith(f"-{backend}")]
     assert len(runs) == 1
