@@ -47,8 +47,9 @@ GLOBAL_OPTIONS: dict[str, dict] = {
 GLOBAL_OPTIONS_TITLE = "global options (before or after the verb; after it wins)"
 
 
-def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool = False, json_flag: bool = True) -> None:
-    """Add the global options that ``parser`` does not have yet.
+def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool = False, json_flag: bool = True,
+                       hidden: bool = False) -> None:
+    """Add the global options that ``parser`` does not have yet (``hidden``: accepted, not in its help).
 
     On the top-level parser they carry the defaults. After a verb their default is SUPPRESS: one given
     only before the verb is then kept, and one given after it replaces the value from before.
@@ -58,7 +59,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool = Fal
         if (flag == "--json" and not json_flag) or flag in parser._option_string_actions:
             continue
         default = (False if kw.get("action") == "store_true" else None) if top_level else argparse.SUPPRESS
-        target.add_argument(flag, default=default, **kw)
+        target.add_argument(flag, default=default, **{**kw, **({"help": argparse.SUPPRESS} if hidden else {})})
 
 
 def add_common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -67,8 +68,9 @@ def add_common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 
 def _add_global_options_below(parser: argparse.ArgumentParser) -> None:
-    """A verb's parser and each of its sub-parsers (``runs list``) accept the global options."""
-    add_global_options(parser)
+    """A verb's parser and each of its sub-parsers (``runs --json list``) accept the global options; where the
+    verb did not add them itself (with add_common), they are accepted without being listed in its help."""
+    add_global_options(parser, hidden=True)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
