@@ -1,5 +1,6 @@
-"""Adapters really trained by both backends (hf and unsloth, on the CPU, the demo model) merge into
-verified 16-bit models: the training engine's run directories are the input, as in the product."""
+"""Adapters really trained by both backends (hf and unsloth, the demo model; on the CPU, or on the GPU where there
+is one) merge into verified 16-bit models: the training engine's run directories are the input, as in the product.
+A backend that cannot train fails its test: Unsloth's CPU fallback trains here, so there is nothing to skip."""
 
 from __future__ import annotations
 
