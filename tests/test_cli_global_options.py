@@ -101,3 +101,6 @@ def test_no_verb_refuses_what_only_verbs_take_and_names_unknown_verbs() -> None:
     assert r.returncode == 2 and "--json is for the verbs" in r.stderr
     r = medtui("--workspace", "x", "frobnicate")
     assert r.returncode == 2 and "'frobnicate' is not a verb" in r.stderr and "runs" in r.stderr
+    # a screen named like a verb is the --screen option's value, not the verb
+    r = medtui("--screen", "runs", "--json")
+    assert r.returncode == 2 and "--json is for the verbs" in r.stderr
