@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .. import __version__
 from .core import file_hashes, write_adapter_export, write_model
-from .events import MergeState  # noqa: F401 - registers the merge event types with the writer
 from .plan import OWNER_FILE, PROVENANCE, MergePlan, claim_partial, partial_dir_for, stale_partials
 from .serve import GGUF_HELP, export_gguf, find_gguf_converter, served_name, vllm_command
 from .stfiles import fsync_tree
