@@ -36,13 +36,45 @@ def available_verbs() -> list[str]:
     return [v for v in VERBS if importlib.util.find_spec(f"medtui_engine.commands.{v}") is not None]
 
 
+# The options every verb takes. Each is accepted before or after the verb (`medtui --workspace DIR runs list`
+# and `medtui runs list --workspace DIR`); given on both sides, the one after the verb wins.
+GLOBAL_OPTIONS: dict[str, dict] = {
+    "--workspace": {"metavar": "DIR", "help": "workspace directory (default: $MEDTUI_WORKSPACE, the settings file, or the user data dir)"},
+    "--config": {"metavar": "FILE", "help": "settings file (default: $MEDTUI_CONFIG or the user config dir)"},
+    "--json": {"action": "store_true", "help": "machine-readable output"},
+    "--debug": {"action": "store_true", "help": "show tracebacks of internal errors"},
+}
+GLOBAL_OPTIONS_TITLE = "global options (before or after the verb; after it wins)"
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool = False, json_flag: bool = True,
+                       hidden: bool = False) -> None:
+    """Add the global options that ``parser`` does not have yet (``hidden``: accepted, not in its help).
+
+    On the top-level parser they carry the defaults. After a verb their default is SUPPRESS: one given
+    only before the verb is then kept, and one given after it replaces the value from before.
+    """
+    target = parser.add_argument_group(GLOBAL_OPTIONS_TITLE) if top_level else parser
+    for flag, kw in GLOBAL_OPTIONS.items():
+        if (flag == "--json" and not json_flag) or flag in parser._option_string_actions:
+            continue
+        default = (False if kw.get("action") == "store_true" else None) if top_level else argparse.SUPPRESS
+        target.add_argument(flag, default=default, **{**kw, **({"help": argparse.SUPPRESS} if hidden else {})})
+
+
 def add_common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
-    """Options every verb takes."""
-    if json_flag:
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--workspace", metavar="DIR", help="workspace directory (default: $MEDTUI_WORKSPACE, the settings file, or the user data dir)")
-    parser.add_argument("--config", metavar="FILE", help="settings file (default: $MEDTUI_CONFIG or the user config dir)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    """Options every verb takes (also accepted before the verb: see GLOBAL_OPTIONS)."""
+    add_global_options(parser, json_flag=json_flag)
+
+
+def _add_global_options_below(parser: argparse.ArgumentParser) -> None:
+    """A verb's parser and each of its sub-parsers (``runs --json list``) accept the global options; where the
+    verb did not add them itself (with add_common), they are accepted without being listed in its help."""
+    add_global_options(parser, hidden=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_global_options_below(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,11 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Run with no verb for the terminal UI.",
     )
     parser.add_argument("--version", action="version", version=f"medtui {__version__}")
+    add_global_options(parser, top_level=True)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in available_verbs():
         module = importlib.import_module(f"medtui_engine.commands.{verb}")
         p = sub.add_parser(verb, help=VERBS[verb], description=(module.__doc__ or VERBS[verb]).strip())
         module.add_arguments(p)
+        _add_global_options_below(p)
     return parser
 
 

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import home_dir
@@ -39,12 +38,6 @@ DEMO_SHAPE = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
-
-
-@dataclass(frozen=True)
-class DemoModel:
-    path: Path
-    label: str = DEMO_LABEL
 
 
 def demo_dir() -> Path:

@@ -48,17 +48,6 @@ class PackageProbe:
     seconds: float | None = None
 
 
-@dataclass(frozen=True)
-class TorchProbe:
-    version: str | None = None
-    cuda: str | None = None             # torch.version.cuda
-    cuda_available: bool = False
-    device_count: int = 0
-    bf16: bool = False
-    capabilities: tuple[str, ...] = ()
-    error: str | None = None
-
-
 @dataclass
 class EnvReport:
     lines: list[CheckLine] = field(default_factory=list)

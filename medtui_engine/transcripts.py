@@ -16,10 +16,10 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
+from .notices import DISCLAIMER
 from .sections import SECTION_LABELS, find_sections, split_think
 
 SCHEMA_VERSION = 1
-DISCLAIMER = "Model answers are for clinicians to assess; they are not medical advice."
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 Everything here is real: the demo model is built once per session with the real Qwen tokenizer,
 and tests spawn real processes that inherit these variables.
+
+The GPU tier (``@pytest.mark.gpu``, deselected by default; ``pytest -m gpu`` on a machine with a CUDA GPU)
+fails, never skips, when it is selected on a machine without CUDA.
 """
 
 from __future__ import annotations
@@ -55,7 +58,82 @@ def demo_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_records() -> Path:
-    """The 198 real records beside the project (never copied into it)."""
-    if not SHARED_DATA.exists():
-        pytest.skip(f"{SHARED_DATA} is not present beside this checkout")
-    return SHARED_DATA
+    """The 198 real records beside the project (never copied into it); MEDTUI_TEST_RECORDS names another copy.
+
+    Absent, the tests that read them fail (they never skip): a suite that did not run them did not pass."""
+    path = Path(os.environ.get("MEDTUI_TEST_RECORDS") or SHARED_DATA)
+    if not path.is_file():
+        pytest.fail(f"the real records are missing: {path} does not exist; put huatuo_o1_demo_en.json there "
+                    "or set MEDTUI_TEST_RECORDS to its path", pytrace=False)
+    return path
+
+
+# ---------------------------------------------------------------- the GPU tier
+
+QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                  max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6)
+_cuda_missing: list[str] = []
+
+
+def _why_no_cuda() -> str | None:
+    """None when torch sees a CUDA GPU; else what is missing (asked once per session)."""
+    if not _cuda_missing:
+        try:
+            import torch
+
+            ok = torch.cuda.is_available()
+            _cuda_missing.append("" if ok else f"torch {torch.__version__} sees no CUDA GPU")
+        except ImportError as exc:
+            _cuda_missing.append(f"torch does not import ({exc})")
+    return _cuda_missing[0] or None
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected what it deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.option.collectonly or not any(item.get_closest_marker("gpu") for item in items):
+        return
+    why = _why_no_cuda()
+    if why:
+        raise pytest.UsageError(f"GPU tests are selected but {why}: run `pytest -m gpu` on a machine with a CUDA GPU "
+                                "(the default selection, -m 'not gpu', leaves them out)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # a second guard, for selections that reach a GPU test past the check above
+    if item.get_closest_marker("gpu") is not None and _why_no_cuda():
+        pytest.fail(f"a GPU test, and {_why_no_cuda()}: it needs a CUDA GPU", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def qwen05_model(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model of the Qwen2.5-0.5B shape with random weights, built on the GPU in bf16 and saved as a
+    downloaded model would be, with the real Qwen tokenizer (the demo model's). Speed, memory and the
+    code paths do not depend on the weights' values; answers are noise."""
+    import json
+
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("qwen2.5-0.5b-shape")
+    for f in demo_model.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "chat_template", "special_tokens")):
+            (out / f.name).write_bytes(f.read_bytes())
+    eos, pad = 151645, 151643  # <|im_end|>, <|endoftext|>
+    cfg = Qwen2Config(**QWEN25_05B, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad)
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)  # initialised in bf16 on the GPU directly
+    try:
+        with torch.device("cuda"):
+            model = Qwen2ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.config.dtype = "bfloat16"
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(str(out), safe_serialization=True)
+    del model
+    torch.cuda.empty_cache()
+    assert 480e6 < params < 510e6, params  # 494 M, as the real model
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 24
+    return out

@@ -71,7 +71,7 @@ def test_console_imports_no_ml_library() -> None:
 def test_engine_side_never_imports_textual() -> None:
     p = _fresh_python(
         "import sys\n"
-        "import medtui_engine.infer, medtui_engine.transcripts, medtui_engine.commands.ask, medtui_engine.bench_infer\n"
+        "import medtui_engine.infer, medtui_engine.transcripts, medtui_engine.commands.ask\n"
         "assert 'textual' not in sys.modules\n"
         "assert not [m for m in ('torch', 'transformers') if m in sys.modules]\n")
     assert p.returncode == 0, p.stderr

@@ -122,7 +122,7 @@ def test_screen_module_imports_no_heavy_libraries():
             "assert not heavy, heavy\n"
             "assert 'textual' not in [m.split('.')[0] for m in sys.modules if m.startswith('medtui_engine')]\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    engine_only = ("import sys, medtui_engine.dataset, medtui_engine.dataset.validate, medtui_engine.bench_dataset\n"
+    engine_only = ("import sys, medtui_engine.dataset, medtui_engine.dataset.validate\n"
                    "assert 'textual' not in sys.modules and 'rich' not in sys.modules, 'engine imported UI code'\n")
     subprocess.run([sys.executable, "-c", engine_only], check=True, timeout=60)
 

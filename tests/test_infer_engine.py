@@ -21,7 +21,7 @@ from medtui_engine.infer import (
     resolve_source,
     stream_answer,
 )
-from medtui_engine.infer.stream import IncrementalDetokenizer
+from medtui_engine.infer.stream import IncrementalDetokenizer, pick_decode
 
 CASE = "男性，62岁，进行性吞咽困难2月，体重下降8kg，胃镜示食管中段溃疡型肿物"
 
@@ -100,7 +100,16 @@ def test_stream_chunks_timing_and_cut_off(demo_loaded) -> None:
     s = r.stats
     assert s.output_tokens == 24 and s.finish_reason == "length" and s.cut_off
     assert s.ttft_s is not None and 0 < s.ttft_s <= s.total_s and s.decode_tokens_per_s > 0
-    assert s.prompt_tokens > 20 and s.decode_path == "eager"
+    assert s.prompt_tokens > 20
+    # the path this machine chose, as reported: eager on the CPU; on a GPU the CUDA-graph loop, or eager on its
+    # static cache ("graph-failed") when the captured step did not match eager, with the reason in the notes
+    expected = pick_decode(demo_loaded, "auto")
+    assert expected == ("graph" if demo_loaded.device == "cuda" else "eager")
+    refused = [n for n in s.notes if n.startswith("CUDA graph off")]
+    if s.decode_path == "graph-failed":
+        assert expected == "graph" and refused, s.notes
+    else:
+        assert s.decode_path == expected and not refused, (s.decode_path, s.notes)
     assert r.prompt.endswith("<think>") and CASE in r.prompt  # the seed template, as trained
     assert "CUT OFF" in s.summary()
 
@@ -144,7 +153,7 @@ def test_stops_at_any_eos_id(demo_loaded) -> None:
 
 def test_run_adapter_loads_merged_with_its_template(adapter_run: Path, demo_loaded) -> None:
     tuned = load_model(resolve_source(str(adapter_run)), LoadOptions(backend="hf"))
-    assert tuned.adapter_merged and tuned.backend == "hf" and tuned.device == "cpu"
+    assert tuned.adapter_merged and tuned.backend == "hf" and tuned.device == demo_loaded.device
     g = SamplingSettings(temperature=0, max_new_tokens=12)
     rt = answer(tuned, CASE, g, ignore_eos=True)
     assert "<|im_start|>" in rt.prompt and rt.template == "chat"  # the run's chat template
@@ -175,14 +184,36 @@ def test_sampling_settings_are_checked() -> None:
 def test_empty_case_and_4bit_on_cpu_are_user_errors(demo_loaded) -> None:
     with pytest.raises(UserError, match="empty"):
         answer(demo_loaded, "   ")
-    with pytest.raises(UserError, match="4-bit"):
-        load_model(resolve_source("demo"), LoadOptions(load_in_4bit=True))
+    if demo_loaded.device == "cpu":
+        with pytest.raises(UserError, match="4-bit loading needs a CUDA GPU"):
+            load_model(resolve_source("demo"), LoadOptions(load_in_4bit=True))
+    else:  # on a GPU machine there is nothing to refuse: the same call loads the weights in 4-bit
+        four_bit = load_model(resolve_source("demo"), LoadOptions(load_in_4bit=True))
+        assert four_bit.quantized and four_bit.device == "cuda"
+        four_bit.unload()
 
 
-def test_graph_path_bookkeeping_matches_eager(demo_loaded) -> None:
+@pytest.fixture(scope="module")
+def cpu_loaded(demo_loaded):
+    """The demo model on the CPU in fp32, also on a GPU machine (where ``demo_loaded`` is on the GPU)."""
+    if demo_loaded.device == "cpu":
+        return demo_loaded
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(demo_loaded.source.model_dir), dtype=torch.float32).eval()
+    return dataclasses.replace(demo_loaded, model=model, device="cpu", dtype="float32", gpu_mem_mib=None, decoder=None)
+
+
+def test_graph_path_bookkeeping_matches_eager(cpu_loaded) -> None:
     """The GPU path (static cache, captured step, replay, pipelined reads, cache reuse) on the CPU: a
-    stand-in replays the step eagerly instead of as a CUDA graph; everything else is the real code."""
+    stand-in replays the step eagerly instead of as a CUDA graph; everything else is the real code.
+    (In fp32 on the CPU the two agree exactly; the real CUDA graph is the GPU tier's, test_gpu_infer.py.)"""
     from medtui_engine.infer.decoder import EagerReplay, StaticDecoder
+
+    demo_loaded = cpu_loaded
 
     s = SamplingSettings(max_new_tokens=30, seed=11)
     other = "女性，58岁，右上腹痛伴寒战高热2天，皮肤巩膜黄染"

@@ -1,5 +1,6 @@
-"""Adapters really trained by both backends (hf and unsloth, on the CPU, the demo model) merge into
-verified 16-bit models: the training engine's run directories are the input, as in the product."""
+"""Adapters really trained by both backends (hf and unsloth, the demo model; on the CPU, or on the GPU where there
+is one) merge into verified 16-bit models: the training engine's run directories are the input, as in the product.
+A backend that cannot train fails its test: Unsloth's CPU fallback trains here, so there is nothing to skip."""
 
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ def train(workspace: Path, backend: str) -> Path:
          "--model", "demo", "--backend", backend, "--limit-rows", "4", "--max-steps", "2", "--max-seq-length", "128",
          "--micro-batch", "2", "--grad-accum", "1", "--lr", "1e-2", "--name", backend, "--json"],
         capture_output=True, text=True, timeout=600, cwd=str(ROOT), env={**os.environ, "MEDTUI_WORKSPACE": str(workspace)})
-    if proc.returncode != 0 and "unsloth" in (proc.stderr + proc.stdout).lower() and backend == "unsloth":
-        pytest.skip(f"unsloth could not train here: {proc.stderr[-500:]}")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     runs = [p for p in (workspace / "runs").iterdir() if p.name.endswith(f"-{backend}")]
     assert len(runs) == 1

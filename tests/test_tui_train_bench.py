@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtui.bench import bench_render
+from benchmarks.bench_live_view import bench_render
 
 
 def test_bench_render_runs_on_a_small_history(tmp_path: Path, capsys):

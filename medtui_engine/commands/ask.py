@@ -1,6 +1,5 @@
 """Ask a model a case and stream its answer; with --compare, ask a second model (e.g. the base) the
-same case, one after the other. The prompt template is the one recorded with the model. Model
-answers are for clinicians to assess; they are not medical advice.
+same case, one after the other. The prompt template is the one recorded with the model.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from ..errors import UserError
 from ..infer.loader import BACKENDS
 from ..infer.sampling import SamplingSettings
 from ..infer.stream import DECODE_MODES
+from ..notices import DISCLAIMER
 from ..templates import TEMPLATES
-from ..transcripts import DISCLAIMER
 
 EXAMPLES = """examples:
   medtui ask --model RUN "女性，45岁，右上腹痛3天，TBil 68μmol/L"
@@ -30,6 +29,7 @@ object at the end holding one answer object per model."""
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = f"{parser.description} {DISCLAIMER}"
     parser.epilog = EXAMPLES
     parser.add_argument("case", nargs="?", metavar="CASE", help="the case text, or - to read it from stdin")
     parser.add_argument("--model", default="demo", metavar="DIR|RUN|demo",

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..notices import DISCLAIMER
 from ..sections import SECTION_LABELS
 from .scoring import BASIS_EXPECTED, DIFFERENTIAL_EXPECTED, F1_THRESHOLD, METHODS
-
-DISCLAIMER = "Model answers are for clinicians to assess; they are not medical advice."
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

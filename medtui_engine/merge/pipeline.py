@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .. import __version__
 from .core import file_hashes, write_adapter_export, write_model
-from .events import MergeState  # noqa: F401 - registers the merge event types with the writer
 from .plan import OWNER_FILE, PROVENANCE, MergePlan, claim_partial, partial_dir_for, stale_partials
 from .serve import GGUF_HELP, export_gguf, find_gguf_converter, served_name, vllm_command
 from .stfiles import fsync_tree
@@ -149,12 +148,3 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
             path = export_gguf(out, plan.dtype, Path(job_dir) / "gguf.log")
             prov["gguf"] = {"done": True, "path": str(path)}
     return prov
-
-
-def read_provenance(model_dir: Path) -> dict | None:
-    """A merged (or exported) directory's medtui.json, or None when it is not a finished medtui output."""
-    try:
-        data = json.loads((Path(model_dir) / PROVENANCE).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None

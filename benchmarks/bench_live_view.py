@@ -1,4 +1,4 @@
-"""``python -m medtui.bench``: how the live view copes with long and fast runs, and what it costs idle.
+"""``python benchmarks/bench_live_view.py``: how the live view copes with long and fast runs, and what it costs idle.
 
 Prints three measurements (no assertions; the targets are printed beside them):
 
@@ -282,7 +282,7 @@ def bench_idle(tmp: Path, seconds: float = 10.0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m medtui.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench_live_view.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=TOTAL, help="steps in the long history (default 100000)")
     ap.add_argument("--rate", type=float, default=20.0, help="log events per second in the keep-up test")
     ap.add_argument("--seconds", type=float, default=12.0, help="length of the keep-up and idle measurements")
@@ -314,4 +314,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repo root on the path
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""GPU benchmark of the merge: ``python medtui_engine/bench_merge.py OUT_DIR [--shape qwen2.5-7b]``.
+"""GPU benchmark of the merge: ``python benchmarks/bench_merge.py OUT_DIR [--shape qwen2.5-7b]``.
 
 Builds a random-weight model of a real shape on the GPU (bf16, the real Qwen tokenizer), saves it to
 local disk as a downloaded model would be, makes an r=32 LoRA adapter on the 7 projections with random

@@ -1,6 +1,6 @@
 """GPU benchmark of the case console's engine: decode speed and time to first token.
 
-    python medtui_engine/bench_infer.py OUT_DIR [--model-dir DIR] [--budget-s 420]
+    python benchmarks/bench_infer.py OUT_DIR [--model-dir DIR] [--budget-s 420]
 
 Builds a Qwen2.5-7B-shape model with random weights (bf16, real Qwen tokenizer) on the GPU, saves it
 to local disk, then -- each arm in its own process, loading the model as a user would -- asks it a
@@ -48,7 +48,7 @@ ARM_ESTIMATE_S = 75  # a typical arm (import + load + runs), used to skip arms t
 
 
 def _ensure_importable() -> None:
-    """Run as a file (``python medtui_engine/bench_infer.py``): make the repository importable."""
+    """Run as a file (``python benchmarks/bench_infer.py``): make the repository importable."""
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)

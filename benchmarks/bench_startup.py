@@ -1,4 +1,4 @@
-"""How fast the TUI draws its first frame: ``python -m medtui.bench_startup [--runs N]``.
+"""How fast the TUI draws its first frame: ``python benchmarks/bench_startup.py [--runs N]``.
 
 Two measurements, both from a fresh interpreter each time:
 - headless: process start -> ``import medtui.app`` -> the app mounted and its first frame composed
@@ -85,4 +85,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repo root on the path
     sys.exit(main())

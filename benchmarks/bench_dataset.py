@@ -74,9 +74,9 @@ def write_bench_file(path: Path, records: int = 20000, seed: int = 0) -> Path:
 
 def run_dataset_bench(out_dir: Path | None, records: int = 20000) -> dict:
     """Generate, then validate + measure; print and return the numbers (and write them as JSON to out_dir)."""
-    from .dataset.measure import load_tokenizer
-    from .dataset.validate import validate_file
-    from .demo import ensure_demo_model
+    from medtui_engine.dataset.measure import load_tokenizer
+    from medtui_engine.dataset.validate import validate_file
+    from medtui_engine.demo import ensure_demo_model
 
     work = Path(tempfile.mkdtemp(prefix="medtui-bench-dataset-"))
     try:
@@ -137,7 +137,7 @@ def run_dataset_bench(out_dir: Path | None, records: int = 20000) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``medtui bench dataset [OUT_DIR] [--records N]`` (also ``python -m medtui_engine.bench_dataset``)."""
+    """``medtui bench dataset [OUT_DIR] [--records N]`` (also ``python -m benchmarks.bench_dataset``)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="medtui bench dataset",
@@ -154,4 +154,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repo root on the path
     sys.exit(main())

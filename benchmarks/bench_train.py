@@ -1,6 +1,6 @@
 """GPU benchmark of the training engine against the bare reference instrument, in one command.
 
-    python -m medtui_engine.bench_train OUT_DIR --reference PATH/TO/train_bench.py
+    python benchmarks/bench_train.py OUT_DIR --reference PATH/TO/train_bench.py
 
 1. Builds a random-weight model of the Qwen2.5-7B shape (hidden 3584, intermediate 18944, 28 layers,
    28 heads, 4 KV heads, vocab 152064, bf16) with the real Qwen tokenizer, on the GPU, and saves it
@@ -162,7 +162,7 @@ def run_product(backend: str, model: Path, data: Path, a, out: Path, runs_dir: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m medtui_engine.bench_train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench_train.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="directory for results and logs")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reference", help="path of the reference instrument train_bench.py (omit to skip it)")
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         results["gpu"] = info.gpus[0].name
         results["driver"] = info.driver_version
         model = Path(a.model_dir)
-        b = subprocess.run([sys.executable, "-m", "medtui_engine.bench_train", str(out), "--build-only",
+        b = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out), "--build-only",
                             "--model-dir", str(model)], timeout=max(60, a.budget - 120))
         if b.returncode != 0:
             raise RuntimeError(f"building the model failed (exit {b.returncode})")
@@ -260,6 +260,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # runnable as a file too (python medtui_engine/bench_train.py OUT): the repo root on the path
+    # runnable as a file too (python benchmarks/bench_train.py OUT): the repo root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())

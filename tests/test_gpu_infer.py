@@ -1,0 +1,147 @@
+"""GPU tier: inference on a Qwen2.5-0.5B-shape model with random weights (``pytest -m gpu``).
+
+- the fast decode path (our loop with each step replayed as a CUDA graph) against eager decoding, 64
+  greedy steps on real CUDA;
+- 4-bit loading through bitsandbytes, and an answer from the 4-bit model;
+- Unsloth's fast inference on the 4-bit model, through the real ``medtui ask``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from medtui_engine.infer import LoadOptions, SamplingSettings, answer, load_model, resolve_source
+from medtui_engine.infer.decoder import StaticDecoder
+from medtui_engine.infer.stream import _tokens_via_loop, build_prompt
+
+pytestmark = pytest.mark.gpu
+ROOT = Path(__file__).resolve().parent.parent
+CASE = "男性，62岁，进行性吞咽困难2月，体重下降8kg，胃镜示食管中段溃疡型肿物"
+STEPS = 64
+
+
+@pytest.fixture(scope="module")
+def bf16_model(qwen05_model: Path):
+    loaded = load_model(resolve_source(str(qwen05_model)), LoadOptions(backend="hf"))
+    yield loaded
+    loaded.unload()
+
+
+def _greedy_ids(loaded, input_ids, use_graph: bool, notes: list[str]) -> list[int]:
+    """The token ids our decode loop yields (the loop ``stream_answer`` runs), EOS suppressed."""
+    greedy = SamplingSettings(temperature=0, max_new_tokens=STEPS).checked()
+    return list(_tokens_via_loop(loaded, input_ids, greedy, STEPS, threading.Event(), True,
+                                 use_graph=use_graph, notes=notes))
+
+
+def _teacher_forced(loaded, input_ids, ids: list[int]):
+    """The model's own logits (one plain forward over prompt + ``ids``) at each of the generated positions."""
+    import torch
+
+    n = int(input_ids.shape[1])
+    full = torch.cat([input_ids, torch.tensor([ids], device=input_ids.device)], dim=1)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=full).logits[0, n - 1:n - 1 + len(ids)].float()
+    logits[:, list(loaded.eos_ids)] = float("-inf")  # the loops suppressed EOS too
+    return logits
+
+
+def test_graph_decode_agrees_with_eager_decoding_over_64_greedy_steps(bf16_model) -> None:
+    """Both loops are checked against the model's own forward pass over what they produced: at every one
+    of the 64 steps the token chosen must be the greedy choice, up to bf16 rounding (a token whose logit is
+    within the tolerance of the best one: on random weights near-ties are common, and a CUDA graph over a
+    static cache may round differently from the eager step over a dynamic cache). The two loops must give
+    the same tokens up to the first such near-tie; a broken graph (a stale cache position, a step replayed
+    on the wrong input) picks tokens far from the greedy choice and fails at once."""
+    import torch
+
+    loaded = bf16_model
+    assert loaded.device == "cuda" and loaded.backend == "hf" and loaded.dtype == "bfloat16"
+    prompt = build_prompt(loaded, CASE)
+    input_ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to("cuda")
+
+    graph_notes: list[str] = []
+    graph_ids = _greedy_ids(loaded, input_ids, True, graph_notes)
+    dec = loaded.decoder
+    assert isinstance(dec, StaticDecoder) and dec.use_graph
+    assert dec.graph_failed is None and not graph_notes, (dec.graph_failed, graph_notes)
+    assert dec.graph is not None and dec.captures == 1  # the steps were replays of one captured graph
+    eager_notes: list[str] = []
+    eager_ids = _greedy_ids(loaded, input_ids, False, eager_notes)
+    assert not loaded.decoder.use_graph and not eager_notes
+    assert len(graph_ids) == len(eager_ids) == STEPS
+
+    checked = {}
+    for name, ids in (("graph", graph_ids), ("eager", eager_ids)):
+        logits = _teacher_forced(loaded, input_ids, ids)
+        best = logits.max(dim=-1).values
+        chosen = logits.gather(1, torch.tensor(ids, device="cuda")[:, None])[:, 0]
+        tol = 0.05 * max(1.0, float(best.abs().max()))
+        bad = [(t, round(b, 4)) for t, b in enumerate((best - chosen).tolist()) if b > tol]
+        assert not bad, f"{name}: steps whose token is not the greedy choice (step, logit behind, tolerance {tol:.3f}): {bad}"
+        top2 = logits.topk(2, dim=-1).values
+        checked[name] = (tol, (top2[:, 0] - top2[:, 1]).tolist())
+    first_diff = next((t for t in range(STEPS) if graph_ids[t] != eager_ids[t]), None)
+    print(f"\ngraph and eager decoding: identical for {first_diff if first_diff is not None else STEPS} of {STEPS} steps")
+    if first_diff is not None:  # up to there both saw the same tokens, so the same logits up to rounding
+        tol, margins = checked["graph"]
+        assert margins[first_diff] <= 2 * tol, (
+            f"the loops part at step {first_diff}, where the greedy choice leads by {margins[first_diff]:.3f} "
+            f"(more than rounding, tolerance {tol:.3f})")
+
+    # the public path reports the graph it used
+    r = answer(loaded, CASE, SamplingSettings(temperature=0, max_new_tokens=STEPS), ignore_eos=True)
+    s = r.stats
+    assert s.decode_path == "graph" and not s.notes, (s.decode_path, s.notes)
+    assert s.output_tokens == STEPS and s.finish_reason == "length" and s.decode_tokens_per_s > 0
+    print(f"graph decode on the 0.5B shape: {s.summary()}")
+
+
+def test_4bit_loading_through_bitsandbytes_and_an_answer(qwen05_model: Path, bf16_model) -> None:
+    import bitsandbytes as bnb
+    import torch
+
+    bf16_mib = sum(p.numel() * p.element_size() for p in bf16_model.model.parameters()) / 2**20
+    before = torch.cuda.memory_allocated()
+    loaded = load_model(resolve_source(str(qwen05_model)), LoadOptions(backend="hf", load_in_4bit=True))
+    try:
+        assert loaded.quantized and loaded.device == "cuda" and loaded.backend == "hf"
+        four_bit = [m for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert len(four_bit) == 24 * 7  # every projection of every layer
+        assert all(m.weight.quant_type == "nf4" for m in four_bit)
+        mib = (torch.cuda.memory_allocated() - before) / 2**20
+        print(f"\n4-bit: {mib:.0f} MiB on the GPU against {bf16_mib:.0f} MiB of bf16 weights")
+        assert mib < 0.65 * bf16_mib  # the embeddings stay 16-bit; the projections shrink 4x
+        r = answer(loaded, CASE, SamplingSettings(temperature=0, max_new_tokens=16), ignore_eos=True)
+        s = r.stats
+        assert s.output_tokens == 16 and s.finish_reason == "length" and r.output
+        # a GPU chooses the graph path; should its capture refuse itself, the answer says why
+        assert s.decode_path in ("graph", "graph-failed"), s.decode_path
+        assert (s.decode_path == "graph") == (not any(n.startswith("CUDA graph off") for n in s.notes)), s.notes
+        print(f"4-bit answer: {s.decode_path}, {s.summary()} {list(s.notes)}")
+    finally:
+        loaded.unload()
+
+
+def test_unsloth_fast_inference_on_4bit_weights_through_ask(qwen05_model: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "MEDTUI_WORKSPACE": str(tmp_path / "ws")}
+    p = subprocess.run(
+        [sys.executable, "-m", "medtui", "ask", "--model", str(qwen05_model), "--backend", "unsloth", "--4bit",
+         "--temperature", "0", "--max-new-tokens", "12", "--json", CASE],
+        capture_output=True, text=True, timeout=300, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr[-3000:]
+    start = p.stdout.index('{\n  "disclaimer"')  # the JSON object, whatever a library printed before it
+    out, _ = json.JSONDecoder().raw_decode(p.stdout[start:])
+    a = out["answers"][0]
+    assert a["backend"] == "unsloth" and a["quantized"] and a["device"] == "cuda", a
+    s = a["stats"]
+    assert s["decode_path"] == "generate" and s["prompt_tokens"] > 20
+    assert 1 <= s["output_tokens"] <= 12 and s["finish_reason"] in ("length", "eos"), s
+    print(f"\nUnsloth 4-bit through ask: {s['output_tokens']} tokens, {s['decode_tokens_per_s']} tok/s")
