@@ -32,6 +32,7 @@ def train(workspace: Path, backend: str) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("train-jobs")  # one training at a time on a GPU (the GPU guard)
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
 def test_trained_adapter_merges_verified(backend: str, workspace: Path, demo_model: Path) -> None:
     run = train(workspace, backend)
