@@ -91,13 +91,19 @@ def _safe(fn, *a, default=None):
         return default
 
 
-def _process_name(pid: int) -> str:
+def process_argv(pid: int) -> list[str]:
+    """The whole command line of ``pid`` ([] when it cannot be read, e.g. another PID namespace)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             parts = fh.read().split(b"\0")
-        return " ".join(p.decode(errors="replace") for p in parts if p)[:120]
     except OSError:
-        return ""
+        return []
+    return [p.decode(errors="replace") for p in parts if p]
+
+
+def _process_name(pid: int) -> str:
+    # for display: cut short (a job's run directory is read from process_argv, never from this)
+    return " ".join(process_argv(pid))[:120]
 
 
 def snapshot_gpu(nv, index: int, with_processes: bool = True) -> GpuSnapshot:

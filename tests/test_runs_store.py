@@ -147,6 +147,24 @@ def test_gpu_guard_ignores_a_job_that_already_finished(tmp_path):
     assert busy_gpus(runs, nvml=info, visible=None) == []
 
 
+def test_gpu_guard_reads_the_whole_command_line_of_a_finished_job(tmp_path):
+    # Seen on the H200: the process name NVML's reading carries is cut at 120 characters, so a long
+    # run path was cut too, never read as finished, and the next training was refused.
+    runs = tmp_path / ("deep-" * 20) / "runs"
+    done = new_run_dir(runs, "a-long-run-name")
+    _write_events(done, ("job_start", dict(pid=1, start_time=None, backend="hf", resumed_from=None, versions={})),
+                  ("finished", dict(step=3, adapter=str(done / "adapter"), runtime_s=1.0, final_loss=1.0)))
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "medtui_engine.train.job", str(done)])
+    try:
+        name = " ".join([sys.executable, "-c", "import time; time.sleep(60)", "medtui_engine.train.job", str(done)])[:120]
+        assert str(done) not in name  # the display name really is cut
+        info = NvmlInfo(True, "580", "13.0", None, (_gpu(0, [GpuProcess(proc.pid, 20000.0, name)]),))
+        assert busy_gpus(runs, nvml=info, visible=None) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_train_picks_a_free_gpu_and_refuses_a_busy_one_unless_forced(tmp_path, monkeypatch):
     from medtui_engine.commands.train import check_gpu_free
     from medtui_engine.errors import UserError

@@ -30,7 +30,7 @@ def busy_gpus(runs_dir: Path | None, nvml=None, visible: list[int] | None = None
     ``nvml`` is a :class:`medtui_engine.gpu.NvmlInfo` (read here when None); ``visible`` the GPU
     indices this job would use (default: CUDA_VISIBLE_DEVICES, or all).
     """
-    from ..gpu import read_nvml, visible_gpu_indices
+    from ..gpu import process_argv, read_nvml, visible_gpu_indices
 
     info = read_nvml(with_processes=True) if nvml is None else nvml
     if not info.available or not info.gpus:
@@ -43,7 +43,9 @@ def busy_gpus(runs_dir: Path | None, nvml=None, visible: list[int] | None = None
         for p in g.processes:
             if JOB_MODULE in (p.name or ""):
                 run = ""
-                parts = p.name.split()
+                # the whole argv: the display name is cut short, and a cut run path never reads as ended
+                argv = process_argv(p.pid)
+                parts = argv if JOB_MODULE in argv else p.name.split()
                 if JOB_MODULE in parts and parts.index(JOB_MODULE) + 1 < len(parts):
                     run = parts[parts.index(JOB_MODULE) + 1]
                 if run and _ended(Path(run)):
