@@ -27,6 +27,68 @@ async def eventually(pilot, pred, timeout: float = 40.0, step: float = 0.1) -> b
     return True
 
 
+def wait_for(pred, what: str = "the condition", timeout: float = 30.0, step: float = 0.02):
+    """Without an app (threads, processes): poll ``pred()`` until it is truthy and return its value; fail
+    naming ``what`` after ``timeout`` seconds (a bound on waiting, never a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+
+
+async def wait_for_screen(pilot, screen_type: type, timeout: float = 30.0):
+    """Wait until the app shows a screen of ``screen_type`` (a pushed dialog, a switched mode); return it."""
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, screen_type), f"a {screen_type.__name__}", timeout)
+    return pilot.app.screen
+
+
+async def wait_for_screen_gone(pilot, screen, timeout: float = 30.0) -> None:
+    """Wait until ``screen`` (a dialog, the palette) is no longer the one shown."""
+    await wait_until(pilot, lambda: pilot.app.screen is not screen, f"{type(screen).__name__} to close", timeout)
+
+
+def notified(app, text: str) -> bool:
+    """Whether the app has shown a notification containing ``text`` (Textual keeps them until they time out)."""
+    return any(text in str(n.message) for n in app._notifications)
+
+
+async def wait_for_notification(pilot, text: str, timeout: float = 30.0) -> None:
+    await wait_until(pilot, lambda: notified(pilot.app, text), f"a notification saying {text!r}", timeout)
+
+
+def keys_for(text: str) -> list[str]:
+    """The key names that type ``text`` (Pilot.press takes key names: a space is "space")."""
+    return ["space" if ch == " " else ch for ch in text]
+
+
+async def run_from_palette(pilot, query: str, expect: str, timeout: float = 30.0) -> None:
+    """Open the command palette (ctrl+p), type ``query``, wait until its best hit is the entry whose name
+    starts with ``expect``, and run it: what a user does to find an action by name."""
+    from textual.command import CommandList, CommandPalette
+
+    app = pilot.app
+    await pilot.press("ctrl+p")
+    palette = await wait_for_screen(pilot, CommandPalette, timeout)
+    await pilot.press(*keys_for(query))
+    commands = palette.query_one(CommandList)
+
+    def best() -> str:
+        if commands.option_count == 0:
+            return ""
+        return commands.get_option_at_index(0).hit.text or ""
+
+    await wait_until(pilot, lambda: best().startswith(expect), f"{expect!r} first in the palette for {query!r}", timeout)
+    if commands.highlighted is None:
+        await pilot.press("down")  # highlight the best hit...
+    await wait_until(pilot, lambda: commands.highlighted == 0, "the best hit highlighted", timeout)
+    await pilot.press("enter")  # ...and run it
+    await wait_for_screen_gone(pilot, palette, timeout)
+
+
 def make_adapter(base: Path, out: Path, r: int = 8, alpha: int | None = None, seed: int = 1, scale: float = 0.05,
                  **extra) -> Path:
     """A real PEFT LoRA adapter on ``base`` with lora_B perturbed (a fresh adapter's B is zero, a no-op)."""

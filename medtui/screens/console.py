@@ -27,6 +27,7 @@ from medtui_engine.infer.cases import DemoCase, load_console_cases
 from medtui_engine.infer.loader import LoadedModel, LoadOptions
 from medtui_engine.infer.sampling import SamplingSettings
 from medtui_engine.infer.source import ModelSource, list_choices, resolve_source
+from medtui_engine.notices import DISCLAIMER
 from medtui_engine.transcripts import (
     Transcript,
     TranscriptEntry,
@@ -39,12 +40,6 @@ from ..widgets.answer import AnswerView
 
 STREAM_UPDATE_S = 0.2   # at most ~5 UI updates a second per answer while streaming
 TUNED, BASE = "tuned", "base"
-
-
-def _disclaimer() -> str:
-    from medtui.app import DISCLAIMER
-
-    return DISCLAIMER
 
 
 def _error_text(exc: BaseException) -> str:
@@ -265,7 +260,7 @@ class ConsoleScreen(Screen):
         with Vertical(id="console-body"):
             yield Static("", id="console-model")
             yield Static("", id="console-status", classes="muted")
-            yield Static(_disclaimer(), id="console-disclaimer")
+            yield Static(DISCLAIMER, id="console-disclaimer")
             yield TextArea("", id="console-case", soft_wrap=True, show_line_numbers=False)
             yield Static("", id="console-sampling", classes="muted")
             with Horizontal(id="console-answers"):
