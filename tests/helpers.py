@@ -8,14 +8,18 @@ from pathlib import Path
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-async def wait_until(pilot, pred, what: str = "the condition", timeout: float = 30.0, step: float = 0.05) -> None:
-    """Let the app run until ``pred()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+async def wait_until(pilot, pred, what: str = "the condition", timeout: float = 30.0, step: float = 0.05,
+                     show=None) -> None:
+    """Let the app run until ``pred()`` holds; fail naming ``what`` (and ``show()``, what there was
+    instead) after ``timeout`` seconds. The timeout bounds a wait; it never decides a result."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         await pilot.pause(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    if pred():
+        return
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f": {show()!r}" if show else ""))
 
 
 async def eventually(pilot, pred, timeout: float = 40.0, step: float = 0.1) -> bool:
@@ -70,7 +74,6 @@ async def run_from_palette(pilot, query: str, expect: str, timeout: float = 30.0
     starts with ``expect``, and run it: what a user does to find an action by name."""
     from textual.command import CommandList, CommandPalette
 
-    app = pilot.app
     await pilot.press("ctrl+p")
     palette = await wait_for_screen(pilot, CommandPalette, timeout)
     await pilot.press(*keys_for(query))
