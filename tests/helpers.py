@@ -45,8 +45,13 @@ def wait_for(pred, what: str = "the condition", timeout: float = 30.0, step: flo
 
 
 async def wait_for_screen(pilot, screen_type: type, timeout: float = 30.0):
-    """Wait until the app shows a screen of ``screen_type`` (a pushed dialog, a switched mode); return it."""
-    await wait_until(pilot, lambda: isinstance(pilot.app.screen, screen_type), f"a {screen_type.__name__}", timeout)
+    """Wait until the app shows a screen of ``screen_type`` (a pushed dialog, a switched mode), composed and
+    mounted; return it."""
+    def shown() -> bool:
+        screen = pilot.app.screen
+        return isinstance(screen, screen_type) and screen.is_mounted
+
+    await wait_until(pilot, shown, f"a {screen_type.__name__}", timeout)
     return pilot.app.screen
 
 

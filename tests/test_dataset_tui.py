@@ -55,6 +55,10 @@ async def test_the_demo_data_is_offered_and_the_hints_name_keys_that_work_where_
         keys = screen.active_bindings
         assert "o" not in keys and "v" not in keys and "escape" in keys
         # leave the field: now the letter keys work, and the hint names them
+        path.value = "/x"  # typing something else: enter no longer opens the demo data, and the hint says so
+        await wait_until(pilot, lambda: "enter opens the demo" not in _text(screen, "#ds-summary"), "the hint")
+        assert "type the path of a data file" in _text(screen, "#ds-summary")
+        path.value = str(demo_data_path())
         await pilot.press("escape")
         await wait_until(pilot, lambda: not path.has_focus, "the focus to leave the field")
         assert "d opens the demo data" in _text(screen, "#ds-summary")

@@ -215,20 +215,26 @@ class DatasetScreen(Screen):
     def watch_focused(self) -> None:
         self._show_idle_hint()  # (the screen's own watcher refreshes the footer)
 
+    @on(Input.Changed, "#ds-path")
     def _show_idle_hint(self) -> None:
         """Before the first file: say which keys open one, as they work where the focus is now."""
         if self._validation:
             return  # a file was opened (or tried): the status line is about it now
-        typing = self._typing()
-        if demo_data_path() is None:
-            hint = ("No file open yet: type the path of a data file (→ completes) and press enter." if typing
-                    else "No file open yet: press o and type the path of a data file.")
-        elif typing:
-            hint = ("No file open yet: enter opens the demo data named above; type over it for a file of "
-                    "your own (→ completes).")
+        demo = demo_data_path()
+        path = self.query_one("#ds-path", Input)
+        in_path = self.focused is path
+        if in_path and demo is not None and path.value.strip() == str(demo):
+            hint = "enter opens the demo data named above; type over it for a file of your own (→ completes)"
+        elif in_path:
+            hint = "type the path of a data file (→ completes), then enter"
+        elif self._typing():
+            hint = "escape leaves this field; then o types the path of a data file" + (", d opens the demo data"
+                                                                                       if demo else "")
+        elif demo is not None:
+            hint = "d opens the demo data; o types the path of a file of your own"
         else:
-            hint = "No file open yet: d opens the demo data; o types the path of a file of your own."
-        self._set_summary(Text(hint))
+            hint = "press o and type the path of a data file"
+        self._set_summary(Text(f"No file open yet: {hint}."))
 
     def action_leave_field(self) -> None:
         in_preview = self.focused is not None and self.focused.id == "ds-row"
