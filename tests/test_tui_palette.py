@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from helpers import run_from_palette, wait_for_screen, wait_for_screen_gone, wait_until
+from helpers import run_from_palette, wait_for_notification, wait_for_screen, wait_for_screen_gone, wait_until
 from textual.widgets import Input, Static
 
 from medtui.app import MedtuiApp
@@ -108,3 +108,6 @@ async def test_console_and_its_dialog(workspace):
         assert app.screen is screen
         await run_from_palette(pilot, "think", "Think (^t)")
         await wait_until(pilot, lambda: not screen._think_collapsed, "think blocks shown from the palette")
+        # a word of what an action does finds it too ("Open (f9)": "Read a saved transcript back")
+        await run_from_palette(pilot, "transcript", "Open (f9)")
+        await wait_for_notification(pilot, "No saved transcripts")
