@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import Any
 
 from textual import events
@@ -17,10 +16,12 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from medtui_engine.context import Context, load_context
+from medtui_engine.notices import DISCLAIMER
 
+from .palette import GOTO_ID, ActionsProvider
 from .screens import SCREENS, ScreenEntry
 
-DISCLAIMER = "Model answers are for clinicians to assess; they are not medical advice."
+__all__ = ["DISCLAIMER", "MedtuiApp"]
 
 
 def _screen_factory(entry: ScreenEntry) -> Callable[[], Screen]:
@@ -36,12 +37,14 @@ class MedtuiApp(App[None]):
     SUB_TITLE = "clinical fine-tuning workbench (offline)"
     CSS_PATH = "app.tcss"
     ENABLE_COMMAND_PALETTE = True
+    COMMANDS = App.COMMANDS | {ActionsProvider}  # one palette for every screen (medtui.palette)
     MODES = {entry.mode: _screen_factory(entry) for entry in SCREENS}
     DEFAULT_MODE = SCREENS[0].mode
     BINDINGS = [
-        *(Binding(e.key, f"goto('{e.mode}')", e.title, id=f"goto-{e.mode}", tooltip=f"Go to {e.title}")
-          for e in SCREENS),
-        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+        *(Binding(e.key, f"goto('{e.mode}')", e.title, id=f"{GOTO_ID}{e.mode}",
+                  tooltip=f"Switch to the {e.title} screen") for e in SCREENS),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True,
+                tooltip="Quit medtui (a training run goes on without the UI)"),
     ]
 
     def __init__(self, ctx: Context | None = None, *, mouse: bool = True, start_mode: str | None = None,
@@ -75,7 +78,7 @@ class MedtuiApp(App[None]):
         return self._pending.pop(mode, {})
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        for entry in SCREENS:
-            yield SystemCommand(f"Go to {entry.title}", f"Switch to the {entry.title} screen ({entry.key})",
-                                partial(self.goto, entry.mode))
+        # Textual's own entries (theme, keys, screenshot), less its "Quit": ctrl+q has its entry already
+        for command in super().get_system_commands(screen):
+            if command.callback != self.action_quit:
+                yield command

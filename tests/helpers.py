@@ -8,14 +8,18 @@ from pathlib import Path
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-async def wait_until(pilot, pred, what: str = "the condition", timeout: float = 30.0, step: float = 0.05) -> None:
-    """Let the app run until ``pred()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+async def wait_until(pilot, pred, what: str = "the condition", timeout: float = 30.0, step: float = 0.05,
+                     show=None) -> None:
+    """Let the app run until ``pred()`` holds; fail naming ``what`` (and ``show()``, what there was
+    instead) after ``timeout`` seconds. The timeout bounds a wait; it never decides a result."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         await pilot.pause(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    if pred():
+        return
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f": {show()!r}" if show else ""))
 
 
 async def eventually(pilot, pred, timeout: float = 40.0, step: float = 0.1) -> bool:
@@ -25,6 +29,72 @@ async def eventually(pilot, pred, timeout: float = 40.0, step: float = 0.1) -> b
     except AssertionError:
         return False
     return True
+
+
+def wait_for(pred, what: str = "the condition", timeout: float = 30.0, step: float = 0.02):
+    """Without an app (threads, processes): poll ``pred()`` until it is truthy and return its value; fail
+    naming ``what`` after ``timeout`` seconds (a bound on waiting, never a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+
+
+async def wait_for_screen(pilot, screen_type: type, timeout: float = 30.0):
+    """Wait until the app shows a screen of ``screen_type`` (a pushed dialog, a switched mode), composed and
+    mounted; return it."""
+    def shown() -> bool:
+        screen = pilot.app.screen
+        return isinstance(screen, screen_type) and screen.is_mounted
+
+    await wait_until(pilot, shown, f"a {screen_type.__name__}", timeout)
+    return pilot.app.screen
+
+
+async def wait_for_screen_gone(pilot, screen, timeout: float = 30.0) -> None:
+    """Wait until ``screen`` (a dialog, the palette) is no longer the one shown."""
+    await wait_until(pilot, lambda: pilot.app.screen is not screen, f"{type(screen).__name__} to close", timeout)
+
+
+def notified(app, text: str) -> bool:
+    """Whether the app has shown a notification containing ``text`` (Textual keeps them until they time out)."""
+    return any(text in str(n.message) for n in app._notifications)
+
+
+async def wait_for_notification(pilot, text: str, timeout: float = 30.0) -> None:
+    await wait_until(pilot, lambda: notified(pilot.app, text), f"a notification saying {text!r}", timeout)
+
+
+def keys_for(text: str) -> list[str]:
+    """The key names that type ``text`` (Pilot.press takes key names: a space is "space")."""
+    return ["space" if ch == " " else ch for ch in text]
+
+
+async def run_from_palette(pilot, query: str, expect: str, timeout: float = 30.0) -> None:
+    """Open the command palette (ctrl+p), type ``query``, wait until its best hit is the entry whose name
+    starts with ``expect``, and run it: what a user does to find an action by name."""
+    from textual.command import CommandList, CommandPalette
+
+    await pilot.press("ctrl+p")
+    palette = await wait_for_screen(pilot, CommandPalette, timeout)
+    await pilot.press(*keys_for(query))
+    commands = palette.query_one(CommandList)
+
+    def best() -> str:
+        if commands.option_count == 0:
+            return ""
+        return commands.get_option_at_index(0).hit.text or ""
+
+    await wait_until(pilot, lambda: best().startswith(expect), f"{expect!r} first in the palette for {query!r}", timeout)
+    if commands.highlighted is None:
+        await pilot.press("down")  # highlight the best hit...
+    await wait_until(pilot, lambda: commands.highlighted == 0, "the best hit highlighted", timeout)
+    await pilot.press("enter")  # ...and run it
+    await wait_for_screen_gone(pilot, palette, timeout)
 
 
 def make_adapter(base: Path, out: Path, r: int = 8, alpha: int | None = None, seed: int = 1, scale: float = 0.05,

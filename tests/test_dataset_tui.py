@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import eventually
+from helpers import eventually, wait_until
 from textual.widgets import DataTable, Input, Select, Static
 
 from medtui.app import MedtuiApp
-from medtui.screens.dataset import NO_COT, DatasetScreen
+from medtui.screens.dataset import NO_COT, DatasetScreen, demo_data_path
 from medtui.widgets.histogram import TokenHistogram
 
 CORPUS = Path(__file__).parent / "fixtures" / "malformed"
@@ -32,12 +32,58 @@ async def _open(pilot, app, path: Path) -> DatasetScreen:
     screen = app.screen
     assert isinstance(screen, DatasetScreen)
     previous = screen.report
-    await pilot.press("o")
+    if not screen.query_one("#ds-path", Input).has_focus:
+        await pilot.press("o")
+    await wait_until(pilot, lambda: screen.query_one("#ds-path", Input).has_focus, "the path field")
     screen.query_one("#ds-path", Input).value = str(path)
     await pilot.press("enter")
     assert await eventually(pilot, lambda: screen.report is not None and screen.report is not previous)
-    await pilot.pause()
     return screen
+
+
+async def test_the_demo_data_is_offered_and_the_hints_name_keys_that_work_where_the_focus_is(workspace, demo_model):
+    app = DatasetFirstApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        path = screen.query_one("#ds-path", Input)
+        # nothing open: the path field has the focus, holding the demo data, and the hint says enter opens it
+        await wait_until(pilot, lambda: path.has_focus, "the path field")
+        assert path.value == str(demo_data_path()) and demo_data_path().name == "demo_train.jsonl"
+        hint = _text(screen, "#ds-summary")
+        assert "enter opens the demo data" in hint and "press o" not in hint
+        # the field takes letters as text, so the footer offers no letter key while it has the focus
+        keys = screen.active_bindings
+        assert "o" not in keys and "v" not in keys and "escape" in keys
+        # leave the field: now the letter keys work, and the hint names them
+        path.value = "/x"  # typing something else: enter no longer opens the demo data, and the hint says so
+        await wait_until(pilot, lambda: "enter opens the demo" not in _text(screen, "#ds-summary"), "the hint")
+        assert "type the path of a data file" in _text(screen, "#ds-summary")
+        path.value = str(demo_data_path())
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not path.has_focus, "the focus to leave the field")
+        assert "d opens the demo data" in _text(screen, "#ds-summary")
+        assert "o" in screen.active_bindings and "escape" not in screen.active_bindings
+        await pilot.press("o")                       # o is a key again, not a letter in the path
+        await wait_until(pilot, lambda: path.has_focus, "the path field again")
+        assert path.value == str(demo_data_path())
+        # one key opens the demo data
+        await pilot.press("enter")
+        assert await eventually(pilot, lambda: screen.report is not None)
+        assert screen.report.dataset.path == demo_data_path()
+        assert _text(screen, "#ds-summary").startswith("GO:")
+        assert screen.query_one("#ds-findings", DataTable).has_focus  # the letter keys work at once
+
+
+async def test_d_opens_the_demo_data_from_anywhere_on_the_screen(workspace, demo_model):
+    app = DatasetFirstApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        path = screen.query_one("#ds-path", Input)
+        await wait_until(pilot, lambda: path.has_focus, "the path field")
+        path.value = "/somewhere/else.jsonl"      # the user typed something, then changed their mind
+        await pilot.press("escape", "d")
+        assert await eventually(pilot, lambda: screen.report is not None)
+        assert path.value == str(demo_data_path()) and screen.report.dataset.path == demo_data_path()
 
 
 async def test_open_findings_jump_and_template(workspace, demo_model):
@@ -99,19 +145,17 @@ async def test_unreadable_file_is_a_message_and_params_open_a_file(workspace, de
     app = DatasetFirstApp()
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
-        await pilot.press("o")
+        await wait_until(pilot, lambda: screen.query_one("#ds-path", Input).has_focus, "the path field")
         screen.query_one("#ds-path", Input).value = str(CORPUS / "truncated.json")
         await pilot.press("enter")
         assert await eventually(pilot, lambda: "Cannot read" in _text(screen, "#ds-summary"))
         assert "truncated.json" in _text(screen, "#ds-summary") and "not valid JSON" in _text(screen, "#ds-summary")
         # Another screen can send a file here.
         app.goto("runs")
-        await pilot.pause()
+        await wait_until(pilot, lambda: app.current_mode == "runs" and app.screen is not screen, "the Runs screen")
         app.goto("dataset", path=str(CORPUS / "duplicate_question.jsonl"))
         assert await eventually(pilot, lambda: screen.report is not None)
         assert screen.report.by_kind()["duplicate_question"] == 1
-        titles = [c.title for c in app.get_system_commands(app.screen)]
-        assert "Go to Dataset" in titles
 
 
 def test_screen_module_imports_no_heavy_libraries():

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_adapter
+from helpers import make_adapter, wait_for_screen, wait_for_screen_gone, wait_until
 from textual.app import App
 from textual.widgets import Static
 
@@ -38,11 +38,7 @@ def text(screen, selector: str) -> str:
 
 
 async def wait_for(pilot, predicate, seconds: float) -> None:
-    for _ in range(int(seconds * 10)):
-        if predicate():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError("timed out waiting for the dialog")
+    await wait_until(pilot, predicate, "the dialog", seconds)
 
 
 async def test_dialog_refuses_existing_output_until_f(run_dir: Path, workspace: Path) -> None:
@@ -50,9 +46,7 @@ async def test_dialog_refuses_existing_output_until_f(run_dir: Path, workspace: 
     app = Host(workspace)
     async with app.run_test(size=(80, 24)) as pilot:
         open_merge_dialog(app, run_dir)
-        await pilot.pause()
-        dialog = app.screen
-        assert isinstance(dialog, MergeDialog)
+        dialog = await wait_for_screen(pilot, MergeDialog)
         await wait_for(pilot, lambda: "Cannot merge" in text(dialog, "#merge-status"), 30)
         assert "already exists" in text(dialog, "#merge-status") and "press f" in text(dialog, "#merge-status").lower()
         await pilot.press("enter")           # nothing to start: no job
@@ -60,7 +54,7 @@ async def test_dialog_refuses_existing_output_until_f(run_dir: Path, workspace: 
         await pilot.press("f")
         await wait_for(pilot, lambda: "replaces the existing one" in text(dialog, "#merge-plan"), 30)
         await pilot.press("escape")
-        await pilot.pause()
+        await wait_for_screen_gone(pilot, dialog)
         assert not isinstance(app.screen, MergeDialog)
 
 
@@ -69,8 +63,7 @@ async def test_dialog_confirms_then_merges_and_shows_verification(run_dir: Path,
     app = Host(workspace)
     async with app.run_test(size=(80, 24)) as pilot:
         open_merge_dialog(app, run_dir)
-        await pilot.pause()
-        dialog = app.screen
+        dialog = await wait_for_screen(pilot, MergeDialog)
         await wait_for(pilot, lambda: "Base model" in text(dialog, "#merge-plan"), 30)
         plan = text(dialog, "#merge-plan")
         for label in ("Base model", "Adapter", "Output", "Dtype", "Disk", "random weights, demo only", "final adapter",

@@ -6,10 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from medtui_engine.gpu import GpuProcess, GpuSnapshot, NvmlInfo
 from medtui_engine.runs.events import EventWriter
@@ -60,11 +60,11 @@ def test_launch_job_detached_alive_and_stoppable(tmp_path, sleeper_env):
     info = read_job(job)
     assert info["pid"] == pid and info["module"] == "medtui_test_sleeper" and info["start_time"] == proc_start_time(pid)
     assert job_alive(job)
-    for _ in range(200):  # wait for the child to print (a guard against a hang, not a timing claim)
-        if "offline" in (job / "stdout.log").read_text():
-            break
-        time.sleep(0.05)
-    log = (job / "stdout.log").read_text()
+    def printed() -> str | None:
+        text = (job / "stdout.log").read_text()
+        return text if "offline" in text else None
+
+    log = wait_for(printed, "the child's first lines", 120)
     assert f"sleeper up {pid} sid {pid}" in log          # its own session: an SSH drop cannot reach it
     assert "args ['a', 'b']" in log and "offline 1" in log
     request_stop(job)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import eventually
+from helpers import eventually, wait_for_notification, wait_until
 from textual.widgets import Input, Select
 
 from medtui.app import MedtuiApp
@@ -18,15 +18,16 @@ async def test_dataset_hands_the_checked_file_to_the_train_form(workspace, demo_
     async with app.run_test(size=(100, 32)) as pilot:
         screen = app.screen
         assert isinstance(screen, DatasetScreen)
-        await pilot.press("n")  # nothing checked yet: a message, no switch
-        await pilot.pause()
+        await pilot.press("escape", "n")  # out of the path field; nothing checked yet: a message, no switch
+        await wait_for_notification(pilot, "Validate a file first")
         assert app.current_mode == "dataset"
         await pilot.press("o")
+        await wait_until(pilot, lambda: screen.query_one("#ds-path", Input).has_focus, "the path field")
         screen.query_one("#ds-path", Input).value = str(DATA)
         await pilot.press("enter")
         assert await eventually(pilot, lambda: screen.report is not None)
         await pilot.press("t")  # the chat template, then on to training
-        await pilot.pause()
+        await wait_until(pilot, lambda: screen.template == "chat", "the chat template")
         await pilot.press("n")
         assert await eventually(pilot, lambda: app.current_mode == "train")
         train = app.screen

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from helpers import run_from_palette, wait_for_notification, wait_until
 
 from medtui.app import MedtuiApp
 from medtui.screens.train import TrainScreen
@@ -74,8 +74,10 @@ async def test_live_view_follows_a_run_while_events_are_appended(make_app):
         await wait_until(pilot, lambda: view.snapshot.state.last_seq == expected, "the appended events")
         assert view.snapshot.state.step > first_step
         assert len(loss.data.series[0].xs) == view.snapshot.state.step
-        await pilot.pause(0.5)
-        assert view.snapshot.state.last_seq == expected  # the torn line waits for its end
+        # the torn line waits for its end: the watcher has read the file twice more and still stops before it
+        watcher, polls = view.watcher, view.watcher.polls
+        await wait_until(pilot, lambda: watcher.polls >= polls + 2, "two more polls")
+        assert view.snapshot.state.last_seq == watcher.state.last_seq == expected
 
         with open(run / "events.jsonl", "ab") as fh:
             fh.write(lines[120][25:] + b"".join(lines[121:]))
@@ -93,17 +95,18 @@ async def test_live_view_is_usable_at_80x24(make_app):
     run, _ = copy_run(app.ctx.runs_dir, 10_000)
     async with app.run_test(size=(80, 24)) as pilot:
         app.goto("train", run=str(run))
-        await wait_until(pilot, lambda: view_ready(app), "the first snapshot")
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: view_ready(app) and "FINISHED" in status_of(app), "the finished run")
         screen = app.screen
-        assert screen.query_one("#rv-status").size.height >= 2
-        assert screen.query_one("#rv-loss").size.height >= 6
-        assert screen.query_one("#rv-lr").size.height >= 3
-        assert screen.query_one("#rv-log").size.height >= 3
-        assert "FINISHED" in status_of(app)
+
+        def heights() -> tuple[int, ...]:
+            return tuple(screen.query_one(f"#rv-{part}").size.height for part in ("status", "loss", "lr", "log"))
+
+        # laid out at 80x24 (the status grows to its two lines once drawn): every part keeps a usable height
+        await wait_until(pilot, lambda: all(h >= least for h, least in zip(heights(), (2, 6, 3, 3), strict=True)),
+                         "status >= 2, loss >= 6, lr >= 3, log >= 3 rows", show=heights)
         # log scale toggles
         await pilot.press("g")
-        assert screen.query_one("#rv-loss", LineChart).data.log_y
+        await wait_until(pilot, lambda: screen.query_one("#rv-loss", LineChart).data.log_y, "the log scale")
 
 
 @pytest.mark.asyncio
@@ -118,27 +121,27 @@ async def test_form_shows_the_engines_messages_inline_and_blocks_start(make_app,
         assert screen.query_one("#f-learning_rate").value == "0.0001"
         assert not start.disabled, screen.problems
 
+        def error(name: str) -> str:
+            return str(screen.query_one(f"#err-{name}").render())
+
         screen.query_one("#f-lora_r").value = "0"
         screen.query_one("#f-epochs").value = "three"
-        await pilot.pause(0.2)
-        err_r = str(screen.query_one("#err-lora_r").render())
-        assert "LoRA rank" in err_r and "1 to 1024" in err_r and "--" not in err_r  # the setting, not the flag
-        assert "must be a number" in str(screen.query_one("#err-epochs").render())
+        await wait_until(pilot, lambda: "LoRA rank" in error("lora_r") and "must be a number" in error("epochs"),
+                         "the inline messages")
+        assert "1 to 1024" in error("lora_r") and "--" not in error("lora_r")  # the setting, not the flag
         assert start.disabled
         assert screen.query_one("#f-lora_r").has_class("-invalid")
         await pilot.press("ctrl+r")
-        await pilot.pause(0.1)
+        await wait_for_notification(pilot, "Fix the settings marked in red first")
         assert not list(app.ctx.runs_dir.iterdir())  # nothing started
 
         screen.query_one("#f-data").value = str(workspace / "missing.jsonl")
-        await pilot.pause(0.2)
-        assert "does not exist" in str(screen.query_one("#err-data").render())
+        await wait_until(pilot, lambda: "does not exist" in error("data"), "the missing file's message")
 
         screen.query_one("#f-lora_r").value = "16"
         screen.query_one("#f-epochs").value = "1"
         screen.query_one("#f-data").value = str(Path(__file__).parents[1] / "data" / "demo_train.jsonl")
-        await pilot.pause(0.2)
-        assert not start.disabled, screen.problems
+        await wait_until(pilot, lambda: not start.disabled, "Start enabled again")
         assert not screen.query_one("#err-lora_r").display
 
         # will it fit: the engine's estimate for this model and setting, computed in a worker
@@ -159,10 +162,5 @@ async def test_live_view_actions_are_in_the_command_palette(make_app):
         await wait_until(pilot, lambda: view_ready(app), "the first snapshot")
         view = app.screen.query_one(RunView)
         assert not view.log_y
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.3)
-        for ch in "log scale":
-            await pilot.press("space" if ch == " " else ch)
-        await pilot.pause(0.8)
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: view.log_y, "log scale from the palette", 10)
+        await run_from_palette(pilot, "log scale", "Log scale (g)")
+        await wait_until(pilot, lambda: view.log_y, "log scale from the palette")

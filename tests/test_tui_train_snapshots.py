@@ -46,7 +46,7 @@ def attach(run: Path):
             views = app.screen.query(RunView)
             return bool(views) and views.first().snapshot is not None and views.first().snapshot.state.terminal
         await wait_until(pilot, ready)
-        await pilot.pause(0.3)
+        await pilot.pause()  # no timed sleep: until the screen has handled what is queued (the drawn snapshot)
     return run_before
 
 
@@ -64,5 +64,5 @@ def test_compare_two_runs_100x32(app, snap_compare):
         await wait_until(pilot, lambda: isinstance(a.screen, RunsScreen) and a.screen.polls > 0)
         await pilot.press("space", "space", "c")
         await wait_until(pilot, lambda: isinstance(a.screen, CompareScreen))
-        await pilot.pause(0.3)
+        await pilot.pause()
     assert snap_compare(app, terminal_size=(100, 32), run_before=run_before)

@@ -31,8 +31,8 @@ async def test_start_watch_stop_and_resume_a_demo_run_from_the_form(workspace: P
             for name, value in {"data": str(DATA), "limit_rows": "4", "max_seq_length": "256", "grad_accum": "1",
                                 "epochs": "50", "lora_r": "8", "lora_alpha": "8"}.items():
                 screen.query_one(f"#f-{name}").value = value
-            await pilot.pause(0.2)
-            assert not screen.query_one("#train-start").disabled, screen.problems
+            await wait_until(pilot, lambda: not screen.query_one("#train-start").disabled, "Start enabled",
+                             show=lambda: screen.problems)
             await pilot.press("ctrl+r")
             view = screen.query_one(RunView)
             await wait_until(pilot, lambda: view.run_dir is not None, "the job to start", 60)

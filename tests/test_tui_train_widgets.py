@@ -9,7 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-from medtui.runwatch import RunIndex, RunWatcher
+from helpers import wait_for
+
+from medtui.runwatch import ACK_TIMEOUT, RunIndex, RunWatcher
 from medtui.widgets.curves import GUTTER, ChartData, Series, _bucketize, ema, render_chart
 from medtui.widgets.gauges import GaugeData, SparkData, gauge_strip, spark_strip
 from medtui_engine.jobs.logtail import LogTailReader
@@ -124,28 +126,29 @@ def test_watcher_follows_appends_torn_lines_and_two_watchers_agree(tmp_path: Pat
     a = RunWatcher(run, got_a.append, active_interval=0.02, idle_interval=0.05).start()
     b = RunWatcher(run, got_b.append, active_interval=0.02, idle_interval=0.05).start()
     try:
-        def wait_for(pred, what):
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
+        def drawn(pred):
+            """The UI's side: take each snapshot as it comes (ack), then look."""
+            def check():
                 for w in (a, b):
                     w.ack()
-                if pred():
-                    return
-                time.sleep(0.02)
-            raise AssertionError(f"timed out waiting for {what}: a={got_a[-1:]}")
+                return pred()
+            return check
 
-        wait_for(lambda: got_a and got_b and got_a[-1].state.last_seq == 49 and got_b[-1].state.last_seq == 49, "50 events")
+        wait_for(drawn(lambda: got_a and got_b and got_a[-1].state.last_seq == 49 and got_b[-1].state.last_seq == 49),
+                 "50 events")
         # the job is alive but the recorded events are a year old: stalled, as a hung job would show
         assert got_a[-1].status == "stalled"
         # more events and a torn last line (half of event 60)
         with open(run / "events.jsonl", "ab") as fh:
             fh.write(b"".join(lines[50:60]) + lines[60][:17])
-        wait_for(lambda: got_a[-1].state.last_seq == 59 and got_b[-1].state.last_seq == 59, "the complete lines")
-        time.sleep(0.2)
-        assert got_a[-1].state.last_seq == 59  # the torn line waits
+        wait_for(drawn(lambda: got_a[-1].state.last_seq == 59 and got_b[-1].state.last_seq == 59), "the complete lines")
+        # the torn line waits: both watchers have read the file again since, and still stop before it
+        polls = (a.polls, b.polls)
+        wait_for(drawn(lambda: a.polls >= polls[0] + 2 and b.polls >= polls[1] + 2), "two more polls")
+        assert got_a[-1].state.last_seq == a.state.last_seq == 59 and b.state.last_seq == 59
         with open(run / "events.jsonl", "ab") as fh:
             fh.write(lines[60][17:] + b"".join(lines[61:]))
-        wait_for(lambda: got_a[-1].status == "finished" and got_b[-1].status == "finished", "the end")
+        wait_for(drawn(lambda: got_a[-1].status == "finished" and got_b[-1].status == "finished"), "the end")
         snap = got_a[-1]
         assert snap.state.step == 240 and len(snap.loss_x) == 240 and len(snap.ema_y) == 240
         assert snap.state.checkpoints == (80, 160, 240)
@@ -177,14 +180,18 @@ def test_watcher_never_has_more_than_one_snapshot_in_flight(tmp_path: Path):
 
     th = threading.Thread(target=write)
     th.start()
+    started = time.monotonic()
     w.start()
     try:
-        time.sleep(1.0)
-        # the UI never acked: after the first snapshot, at most one more per ACK_TIMEOUT (2 s)
-        assert 1 <= len(delivered) <= 2
+        # the watcher keeps folding what the job writes while the UI has not acked its first snapshot...
+        wait_for(lambda: delivered and w.polls >= 20 and w.folded > delivered[0].state.events + 50,
+                 "the watcher to fold on without an ack")
+        # ...but hands over no more than one snapshot per ACK_TIMEOUT: none is queued behind the first
+        elapsed = time.monotonic() - started
+        assert 1 <= len(delivered) <= 1 + int(elapsed / ACK_TIMEOUT), (len(delivered), elapsed)
+        before = len(delivered)
         w.ack()
-        time.sleep(0.3)
-        assert len(delivered) >= 2
+        wait_for(lambda: len(delivered) > before, "the next snapshot once the UI acked")
     finally:
         stop.set()
         th.join()

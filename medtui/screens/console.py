@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -17,6 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
@@ -27,6 +30,7 @@ from medtui_engine.infer.cases import DemoCase, load_console_cases
 from medtui_engine.infer.loader import LoadedModel, LoadOptions
 from medtui_engine.infer.sampling import SamplingSettings
 from medtui_engine.infer.source import ModelSource, list_choices, resolve_source
+from medtui_engine.notices import DISCLAIMER
 from medtui_engine.transcripts import (
     Transcript,
     TranscriptEntry,
@@ -37,14 +41,11 @@ from medtui_engine.transcripts import (
 
 from ..widgets.answer import AnswerView
 
+if TYPE_CHECKING:
+    from medtui_engine.infer.stream import GenerationResult
+
 STREAM_UPDATE_S = 0.2   # at most ~5 UI updates a second per answer while streaming
 TUNED, BASE = "tuned", "base"
-
-
-def _disclaimer() -> str:
-    from medtui.app import DISCLAIMER
-
-    return DISCLAIMER
 
 
 def _error_text(exc: BaseException) -> str:
@@ -211,37 +212,47 @@ class ConsoleScreen(Screen):
         Binding("f9", "open_transcript", "Open", id="console-open", priority=True, tooltip="Read a saved transcript back"),
     ]
 
-    # ---- messages from the workers (immutable payloads)
+    compare: reactive[bool] = reactive(False, init=False)      # the base model answers beside the tuned one
+    settings: reactive[SamplingSettings] = reactive(SamplingSettings, init=False)
+
+    # ---- messages from the workers (immutable payloads; a LoadedModel is handed over, not shared)
+    @dataclass
     class LoadProgress(Message):
-        def __init__(self, side: str, text: str, fraction: float) -> None:
-            super().__init__()
-            self.side, self.text, self.fraction = side, text, fraction
+        side: str
+        text: str
+        fraction: float
 
+    @dataclass
     class Loaded(Message):
-        def __init__(self, side: str, loaded: LoadedModel, gpu: str) -> None:
-            super().__init__()
-            self.side, self.loaded, self.gpu = side, loaded, gpu
+        side: str
+        loaded: LoadedModel
+        gpu: str
 
+    @dataclass
     class LoadFailed(Message):
-        def __init__(self, side: str, error: str) -> None:
-            super().__init__()
-            self.side, self.error = side, error
+        side: str
+        error: str
 
+    @dataclass
     class Streamed(Message):
-        def __init__(self, side: str, output: str, tokens: int, think_tokens: int | None, elapsed: float) -> None:
-            super().__init__()
-            self.side, self.output, self.tokens, self.think_tokens, self.elapsed = side, output, tokens, think_tokens, elapsed
+        side: str
+        output: str
+        tokens: int
+        think_tokens: int | None
+        elapsed: float
 
+    @dataclass
     class Answered(Message):
-        def __init__(self, side: str, case: int, result) -> None:
-            super().__init__()
-            self.side, self.case, self.result = side, case, result
+        side: str
+        case: int
+        result: GenerationResult
 
+    @dataclass
     class AnswerFailed(Message):
-        def __init__(self, side: str, error: str) -> None:
-            super().__init__()
-            self.side, self.error = side, error
+        side: str
+        error: str
 
+    @dataclass
     class GenerationEnded(Message):
         pass
 
@@ -249,8 +260,6 @@ class ConsoleScreen(Screen):
         super().__init__()
         self.source: ModelSource | None = None
         self.models: dict[str, LoadedModel] = {}
-        self.compare = False
-        self.settings = SamplingSettings()
         self.transcript = Transcript.new()
         self.cancel: threading.Event | None = None
         self.state = "idle"           # idle | loading | answering
@@ -265,7 +274,7 @@ class ConsoleScreen(Screen):
         with Vertical(id="console-body"):
             yield Static("", id="console-model")
             yield Static("", id="console-status", classes="muted")
-            yield Static(_disclaimer(), id="console-disclaimer")
+            yield Static(DISCLAIMER, id="console-disclaimer")
             yield TextArea("", id="console-case", soft_wrap=True, show_line_numbers=False)
             yield Static("", id="console-sampling", classes="muted")
             with Horizontal(id="console-answers"):
@@ -287,7 +296,7 @@ class ConsoleScreen(Screen):
         params = self.app.take_params("console")
         target = params.get("run") or params.get("model")
         if params.get("compare") is not None:
-            self._set_compare(bool(params["compare"]))
+            self.compare = bool(params["compare"])
         if target:
             self.load(str(target))
 
@@ -543,8 +552,7 @@ class ConsoleScreen(Screen):
 
         self.app.push_screen(ModelPicker(list_choices(ctx.runs_dir, ctx.merged_dir)), picked)
 
-    def _set_compare(self, on_: bool) -> None:
-        self.compare = on_
+    def watch_compare(self, on_: bool) -> None:
         self.base_view.display = on_
         for view in (self.tuned_view, self.base_view):
             view.show_side = on_
@@ -558,18 +566,20 @@ class ConsoleScreen(Screen):
         if self.state != "idle":
             self.notify("Wait for the current load or answer (ctrl+g stops an answer)", severity="warning")
             return
-        self._set_compare(not self.compare)
+        self.compare = not self.compare
         if self.compare and self.source is not None and self.source.adapter_dir is None and self.source.kind != "merged":
             self.notify("The loaded model is a base model: both sides will be the same model. "
                         "Load a run or a merged model (ctrl+l) to compare tuned with base.", severity="warning")
         if self.compare and self.source is not None:
             self._start_load(self._load_plan())
 
+    def watch_settings(self) -> None:
+        self._show_sampling()
+
     def action_sampling(self) -> None:
         def done(settings: SamplingSettings | None) -> None:
             if settings is not None:
                 self.settings = settings
-                self._show_sampling()
 
         self.app.push_screen(SamplingDialog(self.settings), done)
 
@@ -586,7 +596,7 @@ class ConsoleScreen(Screen):
             return
         self.query_one("#console-case", TextArea).text = group[0].question
         sides = {e.side or TUNED: e for e in group}
-        self._set_compare(BASE in sides and self.compare or (BASE in sides and len(sides) > 1))
+        self.compare = BASE in sides and self.compare or (BASE in sides and len(sides) > 1)
         for side, entry in sides.items():
             view = self._view(side)
             view.set_model(entry.model, "(from history)")

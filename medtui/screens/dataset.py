@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.suggester import Suggester
 from textual.widgets import (
@@ -45,6 +47,15 @@ SEVERITY_MARK = {"error": "ERROR", "warning": "warn", "info": "info"}
 NO_COT = "(none)"
 STAGES = {"reading": "reading the file", "tokenizer": "loading the tokenizer", "checking": "checking rows",
           "measuring": "measuring tokens"}
+DEMO_FILE = "demo_train.jsonl"
+
+
+def demo_data_path() -> Path | None:
+    """The demo data set that comes with medtui, offered while no file is open (None if absent)."""
+    from medtui_engine.paths import project_data_dir
+
+    path = project_data_dir() / DEMO_FILE
+    return path if path.is_file() else None
 
 
 class PathSuggester(Suggester):
@@ -72,6 +83,8 @@ class DatasetScreen(Screen):
     CSS_PATH = "dataset.tcss"
     BINDINGS = [
         Binding("o", "open", "Open", id="dataset-open", tooltip="Type the path of a data file"),
+        Binding("d", "open_demo", "Demo data", id="dataset-demo",
+                tooltip=f"Open the demo data set that comes with medtui (data/{DEMO_FILE})"),
         Binding("v", "validate", "Validate", id="dataset-validate", tooltip="Load, check and measure the file"),
         Binding("t", "toggle_template", "Template", id="dataset-template",
                 tooltip="Switch the preview and measurement between the seed and chat templates"),
@@ -84,36 +97,43 @@ class DatasetScreen(Screen):
         Binding("g", "goto_row", "Go to row", id="dataset-goto", tooltip="Preview a row by its number"),
         Binding("n", "train_with_file", "Train on it", id="dataset-train",
                 tooltip="Open the Train form with this file, template and max length filled in"),
+        Binding("escape", "leave_field", "Leave field", id="dataset-leave",
+                tooltip="Stop typing in this field: the letter keys act on the screen again"),
     ]
+
+    template: reactive[str] = reactive("seed", init=False)
 
     # -- messages from workers (payloads are not touched again by the thread) --------------------
     # Each carries the request number it answers: a thread worker cannot be stopped mid-way, so a
     # superseded one still reports, and its answer is dropped rather than drawn over a newer one.
+    @dataclass
     class Progress(Message):
-        def __init__(self, request: int, stage: str, done: int, total: int) -> None:
-            super().__init__()
-            self.request, self.stage, self.done, self.total = request, stage, done, total
+        request: int
+        stage: str
+        done: int
+        total: int
 
+    @dataclass
     class Validated(Message):
-        def __init__(self, request: int, report: Any, tokenizer: Any) -> None:
-            super().__init__()
-            self.request, self.report, self.tokenizer = request, report, tokenizer
+        request: int
+        report: Any      # a ValidationReport, no longer touched by the worker
+        tokenizer: Any   # the engine's cached tokenizer, only read from here on
 
+    @dataclass
     class Failed(Message):
-        def __init__(self, request: int, text: str) -> None:
-            super().__init__()
-            self.request, self.text = request, text
+        request: int
+        text: str
 
+    @dataclass
     class Previewed(Message):
-        def __init__(self, request: int, preview: Any | None, text: str = "") -> None:
-            super().__init__()
-            self.request, self.preview, self.text = request, preview, text
+        request: int
+        preview: Any | None  # a frozen RowPreview, or None with the reason in text
+        text: str = ""
 
     def __init__(self) -> None:
         super().__init__()
         self.report: Any = None        # the last ValidationReport
         self.tokenizer: Any = None     # the model's tokenizer (cached by the engine)
-        self.template = "seed"
         self.preview_row: int | None = None
         self._finding_rows: list[int] = []  # table row index -> source row
         self._sorted: list[Any] = []         # the findings in table order
@@ -165,11 +185,16 @@ class DatasetScreen(Screen):
 
     def on_mount(self) -> None:
         self.template = self.app.ctx.settings.template
+        self._show_template()
         table = self.query_one("#ds-findings", DataTable)
         table.add_columns("severity", "where", "kind", "message")
         self.query_one("#ds-progress", ProgressBar).display = False
-        self._show_template()
-        self.query_one("#ds-path", Input).focus()
+        path = self.query_one("#ds-path", Input)
+        demo = demo_data_path()
+        if demo is not None:
+            path.value = str(demo)  # offered, all selected on focus: enter opens it, typing replaces it
+        path.focus()
+        self._show_idle_hint()
 
     def on_screen_resume(self) -> None:
         params = self.app.take_params("dataset")
@@ -177,9 +202,55 @@ class DatasetScreen(Screen):
             self.query_one("#ds-path", Input).value = str(params["path"])
             self.action_validate()
 
+    # -- focus and hints: while a text field has the focus it takes the letter keys (Textual then
+    # leaves them out of the footer), so the hints name the keys that work there ----------------
+    def _typing(self) -> bool:
+        return isinstance(self.focused, Input)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "leave_field":
+            return self._typing()  # shown only while typing
+        return True
+
+    def watch_focused(self) -> None:
+        self._show_idle_hint()  # (the screen's own watcher refreshes the footer)
+
+    @on(Input.Changed, "#ds-path")
+    def _show_idle_hint(self) -> None:
+        """Before the first file: say which keys open one, as they work where the focus is now."""
+        if self._validation:
+            return  # a file was opened (or tried): the status line is about it now
+        demo = demo_data_path()
+        path = self.query_one("#ds-path", Input)
+        in_path = self.focused is path
+        if in_path and demo is not None and path.value.strip() == str(demo):
+            hint = "enter opens the demo data named above; type over it for a file of your own (→ completes)"
+        elif in_path:
+            hint = "type the path of a data file (→ completes), then enter"
+        elif self._typing():
+            hint = "escape leaves this field; then o types the path of a data file" + (", d opens the demo data"
+                                                                                       if demo else "")
+        elif demo is not None:
+            hint = "d opens the demo data; o types the path of a file of your own"
+        else:
+            hint = "press o and type the path of a data file"
+        self._set_summary(Text(f"No file open yet: {hint}."))
+
+    def action_leave_field(self) -> None:
+        in_preview = self.focused is not None and self.focused.id == "ds-row"
+        self.query_one("#ds-preview-scroll" if in_preview else "#ds-findings").focus()
+
     # -- actions ---------------------------------------------------------------------------------
     def action_open(self) -> None:
         self.query_one("#ds-path", Input).focus()
+
+    def action_open_demo(self) -> None:
+        demo = demo_data_path()
+        if demo is None:
+            self.notify(f"The demo data ({DEMO_FILE}) is not in this installation.", severity="warning")
+            return
+        self.query_one("#ds-path", Input).value = str(demo)
+        self.action_validate(new_file=True)
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#ds-tabs", TabbedContent).active = tab
@@ -229,7 +300,7 @@ class DatasetScreen(Screen):
         re-measuring the rows already read (reuse: only the template or the numbers changed)."""
         path = self.query_one("#ds-path", Input).value.strip()
         if not path:
-            self.notify("Type the path of a data file first (o).", severity="warning")
+            self.notify("Type the path of a data file first (o), or open the demo data (d).", severity="warning")
             self.action_open()
             return
         max_seq = self._int("#ds-max-seq", 8192, 16)
@@ -458,6 +529,8 @@ class DatasetScreen(Screen):
 
     def action_toggle_template(self) -> None:
         self.template = "chat" if self.template == "seed" else "seed"
+
+    def watch_template(self) -> None:
         self._show_template()
         if self.report is not None:
             self._request_preview()

@@ -7,7 +7,9 @@ refresh every few seconds through NVML: poll, render, then schedule the next pol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -15,6 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Select, Static
 
@@ -41,28 +44,30 @@ class EnvironmentScreen(Screen):
     BINDINGS = [
         Binding("r", "recheck", "Re-check", id="env-recheck", tooltip="Run the environment check again"),
         Binding("w", "fit", "Will it fit", id="env-fit", tooltip="Estimate GPU memory for the setting below"),
+        Binding("escape", "leave_field", "Leave field", id="env-leave",
+                tooltip="Stop editing the setting: r and w act on the screen again"),
     ]
 
+    report: var[EnvReport | None] = var(None, init=False, always_update=True)  # the last check, drawn by its watcher
+    nvml: var[NvmlInfo | None] = var(None, init=False, always_update=True)      # the last GPU reading
+
+    # ---- messages from the workers (the payloads are not touched by the thread once posted)
+    @dataclass
     class Checked(Message):
-        def __init__(self, report: EnvReport) -> None:
-            super().__init__()
-            self.report = report
+        report: EnvReport
 
+    @dataclass
     class Progress(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
+        text: str
 
+    @dataclass
     class FitDone(Message):
-        def __init__(self, line: CheckLine, info: dict) -> None:
-            super().__init__()
-            self.line = line
-            self.info = info
+        line: CheckLine
+        info: Mapping[str, Any]  # the estimate's numbers, read only
 
+    @dataclass
     class GpuPolled(Message):
-        def __init__(self, nvml: NvmlInfo) -> None:
-            super().__init__()
-            self.nvml = nvml
+        nvml: NvmlInfo
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -71,7 +76,8 @@ class EnvironmentScreen(Screen):
             yield Static("", id="env-gpus", classes="muted")
             yield DataTable(id="env-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="env-detail")
-            yield Label("Will it fit?  model | bits | max seq | batch | LoRA rank | backend   (w)", classes="section-title")
+            yield Label("Will it fit?  model | bits | max seq | batch | LoRA rank | backend   (w; enter in a field)",
+                        classes="section-title")
             with Horizontal(id="fit-form"):
                 yield Input(self.app.ctx.settings.default_model, placeholder="model dir or demo", id="fit-model")
                 yield Select([("4-bit", 4), ("16-bit", 16)], value=4, allow_blank=False, id="fit-bits")
@@ -91,6 +97,14 @@ class EnvironmentScreen(Screen):
         # Start the readings after the first frame: the probes' subprocesses compete for the CPU.
         self.set_timer(0.05, self.action_recheck)
         self.set_timer(0.05, self._poll_gpus)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "leave_field":
+            return isinstance(self.focused, Input)  # shown only while a setting is being edited
+        return True
+
+    def action_leave_field(self) -> None:
+        self.query_one("#env-table", DataTable).focus()
 
     def on_unmount(self) -> None:
         from medtui_engine.envcheck import cancel_probes
@@ -117,14 +131,17 @@ class EnvironmentScreen(Screen):
         self.query_one("#env-summary", Static).update(f"Checking this machine: {message.text}...")
 
     def on_environment_screen_checked(self, message: Checked) -> None:
-        report = message.report
+        self.report = message.report
+
+    def watch_report(self, report: EnvReport | None) -> None:
+        if report is None:
+            return
         table = self.query_one("#env-table", DataTable)
         table.clear()
-        self._lines = list(report.lines)
-        for ln in self._lines:
+        for ln in report.lines:
             self._add_line(table, ln)
-        worst = next((i for i, ln in enumerate(self._lines) if ln.verdict in ("problem", "warning")), 0)
-        if self._lines:
+        worst = next((i for i, ln in enumerate(report.lines) if ln.verdict in ("problem", "warning")), 0)
+        if report.lines:
             table.move_cursor(row=worst)
             self._show_detail(worst)
         counts = {v: sum(1 for ln in report.lines if ln.verdict == v) for v in ("problem", "warning")}
@@ -148,7 +165,7 @@ class EnvironmentScreen(Screen):
         self._show_detail(event.cursor_row)
 
     def _show_detail(self, index: int) -> None:
-        lines = getattr(self, "_lines", [])
+        lines = self.report.lines if self.report is not None else ()
         if not 0 <= index < len(lines):
             return
         ln = lines[index]
@@ -173,11 +190,17 @@ class EnvironmentScreen(Screen):
         self.post_message(self.GpuPolled(read_nvml(with_processes=False)))
 
     def on_environment_screen_gpu_polled(self, message: GpuPolled) -> None:
-        nvml = message.nvml
+        self.nvml = message.nvml
+        if message.nvml.gpus:
+            self.set_timer(GPU_POLL_SECONDS, self._poll_gpus)  # poll, render, reschedule; no GPU: nothing to refresh
+
+    def watch_nvml(self, nvml: NvmlInfo | None) -> None:
+        if nvml is None:
+            return
         panel = self.query_one("#env-gpus", Static)
         if not nvml.gpus:
             panel.update("No GPU visible: the CPU trains the demo model only.")
-            return  # nothing to refresh
+            return
         rows = []
         for g in nvml.gpus:
             util = f"{g.utilization_pct:.0f}%" if g.utilization_pct is not None else "?"
@@ -186,7 +209,6 @@ class EnvironmentScreen(Screen):
             rows.append(f"GPU {g.index} {g.name}: {g.memory_used_mib / 1024:.1f}/{g.memory_total_mib / 1024:.1f} GiB, "
                         f"{util} busy, {temp}, {power}")
         panel.update("\n".join(rows))
-        self.set_timer(GPU_POLL_SECONDS, self._poll_gpus)
 
     # ------------------------------------------------------------ will it fit
 
