@@ -115,3 +115,18 @@ def make_adapter(base: Path, out: Path, r: int = 8, alpha: int | None = None, se
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
     peft_model.save_pretrained(str(out))
     return out
+
+
+def nvidia_gpus() -> int:
+    """How many NVIDIA GPUs this machine has, read straight from the driver (not through medtui), so
+    that a test asserts what is right on the machine it runs on: a CPU machine or the GPU box."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver: a CPU machine
+        return 0
+    try:
+        return pynvml.nvmlDeviceGetCount()
+    finally:
+        pynvml.nvmlShutdown()

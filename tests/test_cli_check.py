@@ -8,26 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import nvidia_gpus
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def medtui(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "medtui", *args], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def nvidia_gpus() -> int:
-    """How many NVIDIA GPUs this machine has, read straight from the driver (not through medtui)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no driver: a CPU machine
-        return 0
-    try:
-        return pynvml.nvmlDeviceGetCount()
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def test_check_json_reports_the_gpus_and_exits_0(workspace):

@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_adapter, wait_for_notification, wait_for_screen, wait_for_screen_gone, wait_until
+from helpers import (
+    make_adapter,
+    nvidia_gpus,
+    wait_for_notification,
+    wait_for_screen,
+    wait_for_screen_gone,
+    wait_until,
+)
 from textual.widgets import Input, Static, TextArea
 
 from medtui.app import MedtuiApp
@@ -107,7 +114,8 @@ async def test_stop_mid_generation(demo_model: Path, workspace: Path) -> None:
         await pilot.press("enter")
         await wait_for(pilot, lambda: scr.state == "idle" and "tuned" in scr.models, "the demo model")
         status = str(scr.query_one("#console-status", Static).render())
-        assert "loaded medtui-demo-qwen3-tiny (random weights, demo only)" in status and "no GPU (CPU)" in status
+        assert "loaded medtui-demo-qwen3-tiny (random weights, demo only)" in status
+        assert ("GPU0 " in status) if nvidia_gpus() else ("no GPU (CPU)" in status)
         await pilot.press("ctrl+o")                            # a demo case
         picker = await wait_for_screen(pilot, CasePicker)
         await pilot.press("enter")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helpers import eventually, wait_until
+from helpers import eventually, nvidia_gpus, wait_until
 from textual.widgets import DataTable, Input, Static
 
 from medtui.app import MedtuiApp
@@ -19,7 +19,12 @@ async def test_environment_screen_checks_and_estimates(workspace, demo_model):
         summary = str(app.screen.query_one("#env-summary", Static).render())
         assert "Verdict" in summary and str(workspace.resolve()) in summary
         detail = str(app.screen.query_one("#env-detail", Static).render())
-        assert "CPU demo only" in detail  # the worst line is shown first, with its fix
+        gpus = nvidia_gpus()
+        if gpus:
+            rows = [" ".join(map(str, table.get_row_at(i))) for i in range(table.row_count)]
+            assert any(f"{gpus} found (driver" in r for r in rows), rows
+        else:
+            assert "CPU demo only" in detail  # the worst line is shown first, with its fix
         # Will it fit: the seed's setting for the demo model.
         seq = app.screen.query_one("#fit-seq", Input)
         seq.value = "8192"
