@@ -51,7 +51,9 @@ _PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)
 _LEADING = re.compile(r"^(?:(?:疑似|考虑|初步|诊断为?|可能为?|拟诊|患者|本例|该患者|该病人|病人)[:：]?\s*)+")
 PARENTHETICAL = re.compile(r"[（(][^（）()]*[)）]|【[^】]*】|\[[^\]]*\]")
 # List separators between diagnoses; 、 and 或 included, 和/及/合并/伴 are parts of one diagnosis.
-_CLAUSE_SPLIT = re.compile(r"[，,；;。.！!？?/|、]|或者|或")
+_STRONG_SPLIT = re.compile(r"[，,；;。.！!？?]")
+_WEAK_SPLIT = re.compile(r"[/|、]|或者|或")
+_COMPLICATION = re.compile(r"\s*(?:合并|伴有|伴|并发|继发)")
 # "Cannot exclude" is a hedge, not a negation: rewrite it before looking for negation cues.
 _DOUBLE_NEGATIVE = re.compile(r"不能除外|不能排除|不除外|不排除|未能排除|未排除")
 _NEGATION = re.compile(
@@ -195,23 +197,29 @@ def _split_negation(clause: str) -> tuple[str, str]:
 
 
 def read_prediction(text: str) -> Prediction:
-    """Candidates from one line of text (a diagnosis line, or a whole short prediction)."""
+    """Candidates from one line of text (a diagnosis line, or a whole short prediction).
+
+    The line splits at ，；。 into clauses; a clause opening with 合并/伴/并发/继发 names complications of
+    the diagnosis before it (not competing candidates); negation covers its whole clause (up to a
+    later positive cue such as 考虑); what is left splits at 、 / 或 into candidates."""
     line = PARENTHETICAL.sub("", unicodedata.normalize("NFKC", text))
     line = re.sub(r"^\s*(?:\d+[.、)]|[-*•·])\s*", "", line)
-    candidates, negated = [], []
-    for clause in _CLAUSE_SPLIT.split(line):
-        if not clause.strip():
+    candidates: list[str] = []
+    negated: list[str] = []
+    for clause in _STRONG_SPLIT.split(line):
+        if not clause.strip() or (candidates and _COMPLICATION.match(clause)):
             continue
         pos, neg = _split_negation(clause)
-        pos = _TRAILING.sub("", _PUNCT.sub("", pos))
         if neg and normalise(neg):
-            negated.append(normalise(neg))
-        m = _last(_POSITIVE.finditer(pos))
-        if m is not None and normalise(pos[m.end():]):
-            pos = pos[m.end():]
-        c = normalise(pos)
-        if c and c not in candidates:
-            candidates.append(c)
+            negated += [normalise(x) for x in _WEAK_SPLIT.split(neg) if normalise(x)]
+        for part in _WEAK_SPLIT.split(pos):
+            part = _TRAILING.sub("", _PUNCT.sub("", part))
+            m = _last(_POSITIVE.finditer(part))
+            if m is not None and normalise(part[m.end():]):
+                part = part[m.end():]
+            c = normalise(part)
+            if c and c not in candidates:
+                candidates.append(c)
     return Prediction(text.strip(), candidates, negated)
 
 
@@ -340,7 +348,7 @@ def match_answer(answer: str, reference, synonyms: Synonyms | None = None) -> Ma
 
 METHOD = (
     "primary diagnosis = first line with content of the diagnosis section (a numbered list there: its items), "
-    "parentheticals removed, split at list separators (，；。、/ 或); clauses under negation (不考虑, 排除, 除外, "
+    "parentheticals removed, split at list separators (，；。、/ 或), a clause opening with 合并/伴/并发/继发 read as a complication of the diagnosis before it; clauses under negation (不考虑, 排除, 除外, "
     "不支持, 不像, 可排除, 可能性小 ...) dropped, 不除外/不能排除 read as a hedge; more than "
     f"{MAX_CANDIDATES} candidates is a list and matches nothing. A candidate matches when, after normalisation "
     "(NFKC, lower case, no spaces/punctuation/lead-in words), it equals a reference name (exact), shares a group "

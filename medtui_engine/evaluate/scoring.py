@@ -66,10 +66,10 @@ def exam_letters(answer: str, valid: str) -> str | None:
         found = [f for f in found if pick(f)]
         if found:
             return pick(found[-1])
-    m = _LEADING_LETTERS.match(text)
-    if m and pick(m.group(1)) and set(m.group(1)) <= valid_set:
-        return pick(m.group(1))
     lone = {c for c in _LONE.findall(text) if c in valid_set}
+    m = _LEADING_LETTERS.match(text)
+    if m and pick(m.group(1)) and set(m.group(1)) <= valid_set and lone <= set(m.group(1)):
+        return pick(m.group(1))
     return lone.pop() if len(lone) == 1 else None
 
 
