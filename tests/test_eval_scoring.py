@@ -136,7 +136,8 @@ def test_eval_cli_writes_a_report_on_the_demo_model(workspace, demo_model):
 def test_clinical_and_exam_files_run_end_to_end_and_rescore_the_same(workspace, demo_model, tmp_path, cases_file):
     env = os.environ.copy()
     out = subprocess.run([sys.executable, "-m", "medtui", "eval", "--model", "demo", "--base", "none",
-                          "--cases", str(FIXTURES / cases_file), "--limit", "3", "--max-new-tokens", "8", "--json"],
+                          "--cases", str(FIXTURES / cases_file), "--limit", "3", "--max-new-tokens", "8", "--json",
+                          *(["--samples", "2"] if cases_file == "exam.json" else [])],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr[-2000:]
     where = Path(json.loads(out.stdout)["report_dir"])
@@ -145,7 +146,8 @@ def test_clinical_and_exam_files_run_end_to_end_and_rescore_the_same(workspace, 
     assert len(cases) == 3
     if cases_file == "exam.json":
         assert report["models"]["tuned"]["summary"]["exam_correct"]["n"] == 3
-        assert all(c["kind"] == "exam" and c["exam_answer"] for c in cases)
+        assert all(c["kind"] == "exam" and c["exam_answer"] and c["n_samples"] == 2 for c in cases)
+        assert report["samples_per_case"] == 2 and report["models"]["tuned"]["summary"]["exam_correct"]["ci_method"] == "bootstrap"
     else:
         assert cases[0]["kind"] == "clinical" and cases[0]["reference_diagnosis"] == "急性胰腺炎"
         assert cases[0]["diagnosis_match"] is False and cases[1]["diagnosis_match"] is None

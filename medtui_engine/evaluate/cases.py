@@ -41,6 +41,15 @@ KINDS = ("flat", "clinical", "exam")
 CLINICAL_PROMPT = "以下是一位病人的病例：\n{description}\n\n{question}"
 EXAM_PROMPT = "{question}\n{options}\n请分析后给出答案，写明所选选项的字母。"
 
+METHOD = (
+    "flat cases are asked as written; each question of a clinical record (CMB-Clin shape) is asked together with the "
+    "record's description, one case per question (id <record>-q<n>); a question asking for the diagnosis (诊断 other "
+    "than in 鉴别诊断/诊断依据) takes its reference from the record's or pair's reference_diagnosis, else from its "
+    "solution (the first sentence under its 诊断 heading, else its first sentence after 诊断为/考虑为; parentheticals "
+    "dropped, up to the first comma); multiple-choice questions are asked with their lettered options and a request "
+    "to name the letter(s)"
+)
+
 SHAPES_HELP = (
     "a flat case needs 'Question' (or question/case/input/instruction); a clinical record needs 'description' "
     "and 'QA_pairs' (a list of objects with 'question' and 'solution'); an exam question needs 'question', "

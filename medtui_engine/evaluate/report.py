@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..sections import SECTION_LABELS
 from .answers import prompt_opened_think, write_answers
+from .cases import METHOD as CASES_METHOD
 from .matching import Synonyms
 from .scoring import BASIS_EXPECTED, DIFFERENTIAL_EXPECTED, METHODS, score_answer
 from .stats import BOOTSTRAP_SEED, PairedBootstrap, mcnemar_exact
@@ -163,6 +164,7 @@ def aggregate(cases: list[dict]) -> dict[str, dict]:
     """Summary per measure over cases. A case's value is its mean over samples (one sample: 0 or 1)."""
     per_case = [c["values"] if "values" in c else case_values(c) for c in cases]
     multi = any(c.get("n_samples", 1) > 1 for c in cases)
+    boots: dict[int, PairedBootstrap] = {}  # one set of resamples per number of cases
     summary: dict[str, dict] = {}
     for m in MEASURES:
         xs = [float(v[m.key]) for v in per_case if v.get(m.key) is not None]
@@ -174,7 +176,7 @@ def aggregate(cases: list[dict]) -> dict[str, dict]:
             if n and not multi:
                 entry["ci95"], entry["ci_method"] = list(wilson(k, n)), "wilson"
             elif n:
-                boot = PairedBootstrap(n)
+                boot = boots.setdefault(n, PairedBootstrap(n))
                 entry["ci95"], entry["ci_method"] = list(boot.interval(xs)), "bootstrap"
             summary[m.key] = entry
         else:
@@ -293,7 +295,7 @@ def markdown(report: dict) -> str:
             e = pair["measures"].get(m.key)
             row += f" | {_fmt_diff(e)} | {_fmt_p(e)}"
         lines.append(row + " |")
-    lines += ["", "## Methods", ""]
+    lines += ["", "## Methods", "", f"- **cases**: {CASES_METHOD}"]
     lines += [f"- **{key}**: {v}" for key, v in METHODS.items()]
     lines += [
         "- **rates**: a rate counts only cases where the measure applies (diagnosis: cases with a reference; exam: "
