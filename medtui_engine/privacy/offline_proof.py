@@ -31,7 +31,7 @@ PROBE_ADDRESS = ("192.0.2.1", 443)   # TEST-NET-1: never a real host
 # small enough for two CPU cores: one optimizer step of the demo model on 4 rows
 TRAIN_ARGS = ["--model", "demo", "--backend", "hf", "--limit-rows", "4", "--max-steps", "1", "--max-seq-length", "64",
               "--micro-batch", "1", "--grad-accum", "1", "--lora-r", "4", "--lora-alpha", "8", "--warmup-ratio", "0",
-              "--heartbeat", "1", "--name", "offline-proof"]
+              "--heartbeat", "1", "--name", "offline-proof", "--force"]  # a tiny job: never kept from starting
 CASE = "男性，58岁，胸骨后压榨样疼痛2小时，伴大汗。心电图II、III、aVF导联ST段抬高。"
 
 
