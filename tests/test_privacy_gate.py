@@ -214,3 +214,26 @@ async def test_tui_start_asks_names_the_counts_and_records_the_acknowledgement(t
         if run is not None:
             kill_job(run)
             wait_job(run, timeout=60)
+
+
+def test_the_job_checks_again_what_it_trains(tmp_path: Path, workspace: Path, demo_model: Path):
+    """The file is swapped for one with identifiers right after the run was started on a clean one:
+    the job refuses to train on it (it checks the rows it loads), and says why."""
+    from medtui_engine.runs.events import read_events
+
+    data = tmp_path / "cases.jsonl"
+    clean = tmp_path / "clean.jsonl"
+    write_jsonl(data)
+    assert medtui("redact", str(data), "--out", str(clean)).returncode == 0
+    swapped = data.read_bytes()
+    data.write_bytes(clean.read_bytes())
+    proc = medtui("train", "--data", str(data), *QUICK, "--detach")
+    assert proc.returncode == 0, proc.stderr
+    data.write_bytes(swapped)  # the job is still importing its libraries: it has not read the file yet
+    (run,) = runs_of(workspace)
+    assert wait_job(run, timeout=300)
+    failed = [e for e in read_events(run / "events.jsonl") if e["type"] == "failed"]
+    assert failed and "of kinds not acknowledged for this run" in failed[0]["error"]
+    assert json.loads((run / "spec.json").read_text())["data_audit"]["decision"] == "redacted"
+    assert not (run / "data.json").exists()
+    assert_no_values(failed[0]["error"])
