@@ -182,7 +182,13 @@ def check_run_data(spec) -> DataAudit:
     from ..dataset.load import FieldMapping, load_cases
 
     mapping = FieldMapping(question=spec.field_question, cot=spec.field_cot or None, response=spec.field_response)
-    loaded = load_cases(Path(spec.data), mapping)
+    try:
+        loaded = load_cases(Path(spec.data), mapping)
+    except UserError as exc:
+        if ": no column " not in str(exc):
+            raise
+        raise UserError(f"{exc}; set the training's field names to the file's columns (Question field, "
+                        "Reasoning field, Response field: --field-question, --field-cot, --field-response)") from None
     cases = loaded.cases[: spec.limit_rows] if spec.limit_rows else loaded.cases
     if not cases:
         first = loaded.skipped[0] if loaded.skipped else None
