@@ -22,6 +22,7 @@ from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, UserError
 VERBS: dict[str, str] = {
     "check": "check the machine: GPUs, drivers, libraries, disk, and whether a training setting fits",
     "validate": "load, map, validate and measure a data set of cases",
+    "redact": "write a copy of a data file with possible patient identifiers replaced by placeholders",
     "train": "start a LoRA fine-tune (detached job)",
     "runs": "list, show, tail, stop or resume training runs",
     "merge": "merge a run's adapter into a 16-bit model, verified",

@@ -113,6 +113,7 @@ def test_round_trip_command_line_spec_and_spec_json(tmp_path: Path):
     data.write_text('{"Question": "q", "Complex_CoT": "c", "Response": "r"}\n')
     wanted = TrainSpec(
         model="demo", data=str(data), field_question="Q", field_cot="", field_response="A", limit_rows=7,
+        allow_identifiers="phone_number,email",
         template="chat", mask_prompt=True, backend="hf", load_in_4bit=False, gradient_checkpointing=False,
         precision="fp32", lora_r=8, lora_alpha=12.5, lora_dropout=0.1, lora_bias="all",
         target_modules=["q_proj", "v_proj"], micro_batch=2, grad_accum=3, epochs=1.5, max_steps=9,
@@ -150,7 +151,8 @@ def test_each_setting_validates_on_its_own_and_names_itself_by_its_label():
            "seed": -1, "eval_fraction": 0.5, "eval_steps": -1, "save_steps": -2, "keep_checkpoints": 0,
            "logging_steps": 0, "heartbeat_s": 0.1, "limit_rows": -1, "template": "alpaca", "backend": "tpu",
            "precision": "int3", "scheduler": "step", "optim": "lion", "lora_bias": "some", "target_modules": [],
-           "field_question": "", "field_response": "", "model": "", "mask_prompt": "yes"}
+           "field_question": "", "field_response": "", "model": "", "mask_prompt": "yes",
+           "allow_identifiers": "id_number,everything"}
     for name, value in bad.items():
         problems = validate_field(name, value)
         assert [p.field for p in problems] == [name], name

@@ -256,18 +256,12 @@ def test_kill_9_is_crashed_and_resume_recovers(demo_model, workspace):
     assert state.loss_steps == sorted(set(state.loss_steps)) and state.loss_steps[-1] == newest + 2
 
 
-def test_unusable_data_fails_with_a_clear_message(demo_model, workspace, tmp_path):
+def test_unusable_data_is_refused_before_a_job_starts(demo_model, workspace, tmp_path):
+    """The data's mapping is checked before anything starts (it used to be a job that failed seconds later)."""
     bad = tmp_path / "cases.jsonl"
     bad.write_text('{"Question": "q1", "Note": "no answer at all"}\n{"Question": "q2"}\n', encoding="utf-8")
     r = medtui("train", "--data", str(bad), "--backend", "hf", "--max-steps", "2", *QUICK)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stdout and "Traceback" not in r.stderr
-    run = the_run(workspace)
-    events = events_of(run)
-    assert_valid_events(events)
-    failed = [e for e in events if e["type"] == "failed"]
-    assert len(failed) == 1 and str(bad) in failed[0]["error"], failed
-    assert f"FAILED at step 0: {failed[0]['error']}" in r.stdout
-    assert f"medtui runs resume {run.name}" in r.stderr
-    _, state = load_run(run)
-    assert state.status == "failed"
+    assert str(bad) in r.stderr and "no column 'Response' for Response; the columns are: Question, Note" in r.stderr
+    assert not (workspace / "runs").is_dir() or not any((workspace / "runs").iterdir())

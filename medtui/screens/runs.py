@@ -27,6 +27,7 @@ from medtui_engine.jobs.status import JobStatus
 from ..run_actions import ask_stop, do_console, do_merge, do_resume
 from ..runwatch import RunIndex, RunRow
 from ..widgets.curves import PALETTE, ChartData, LineChart, Series, fmt_num
+from ..widgets.rows import rows_text
 from ..widgets.run_view import STATUS_STYLE
 
 POLL_ACTIVE_S = 2.0     # while some run is training
@@ -172,6 +173,7 @@ class RunsScreen(Screen):
         table = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield table
         yield LineChart(id="runs-preview")
+        yield Static("", id="runs-audit")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -264,6 +266,7 @@ class RunsScreen(Screen):
         chart = self.query_one("#runs-preview", LineChart)
         ids = self.marked or ([self.current_id()] if self.current_id() else [])
         rows = [self.rows[i] for i in ids if i in self.rows]
+        self._show_audit(rows[0] if len(rows) == 1 else None)
         if not rows:
             chart.data = ChartData("Loss", empty_text="no run selected")
             return
@@ -277,6 +280,19 @@ class RunsScreen(Screen):
                 empty_text="no loss logged yet")
         else:
             chart.data = compare_chart(rows)
+
+    def _show_audit(self, row: RunRow | None) -> None:
+        """The selected run's data audit (sha256, rows, identifiers and the gate's decision): the
+        engine's rows, as `medtui runs show` prints them."""
+        from medtui_engine.privacy.audit import describe_data_audit, read_data_record
+        from medtui_engine.runs.store import read_spec
+
+        box = self.query_one("#runs-audit", Static)
+        box.display = row is not None
+        if row is None:
+            return
+        run_dir = Path(row.summary.path)
+        box.update(rows_text(describe_data_audit(read_spec(run_dir), read_data_record(run_dir))))
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self) -> None:

@@ -21,9 +21,11 @@ from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Button, ContentSwitcher, Footer, Header, Static
 
+from medtui_engine.privacy.gate import IdentifierGate
 from medtui_engine.train.spec import SpecError, TrainSpec
 
 from ..run_actions import launch_training
+from ..widgets.confirm import Confirm
 from ..widgets.run_view import RunView
 from ..widgets.train_form import TrainForm
 
@@ -64,6 +66,7 @@ class TrainScreen(Screen):
         run_dir: Path | None
         error: str | None
         warnings: tuple[str, ...] = ()
+        gate: object | None = None  # the data audit, when the identifier gate refused (asks to confirm)
 
     pane: var[str] = var(FORM_PANE, init=False, always_update=True)
     """Which pane is shown: the form for a new run, or the live view of a run."""
@@ -188,6 +191,8 @@ class TrainScreen(Screen):
             self.post_message(self.Launched(run_dir, None, tuple(warnings)))
         except SpecError as exc:
             self.post_message(self.Launched(None, "; ".join(exc.messages())))
+        except IdentifierGate as exc:  # possible identifiers: the user is asked (see _launched)
+            self.post_message(self.Launched(None, str(exc), gate=exc.audit))
         except Exception as exc:  # the engine refused (GPU busy, model missing): show its words
             self.post_message(self.Launched(None, str(exc) or type(exc).__name__))
 
@@ -195,6 +200,9 @@ class TrainScreen(Screen):
     def _launched(self, message: Launched) -> None:
         self._starting = False
         self.form.recheck()
+        if message.gate is not None:
+            self._confirm_identifiers(message.gate)
+            return
         if message.error or message.run_dir is None:
             self.app.notify(f"Could not start: {message.error}", severity="error", timeout=10)
             return
@@ -202,6 +210,27 @@ class TrainScreen(Screen):
             self.app.notify(w, severity="warning", timeout=8)
         self.app.notify(f"Started {message.run_dir.name}: it keeps training if you quit")
         self.show_run(message.run_dir)
+
+    def _confirm_identifiers(self, audit) -> None:
+        """The data holds possible identifiers: name the counts; training anyway records the
+        acknowledgement of each kind found with the run."""
+        from medtui_engine.privacy.gate import gate_question, parse_kinds
+
+        title, body = gate_question(audit)
+
+        def answered(yes: bool | None) -> None:
+            if not yes or self._starting:
+                return
+            spec = self.current_spec()
+            spec.allow_identifiers = ",".join(parse_kinds([*parse_kinds(spec.allow_identifiers), *audit.identifiers]))
+            self._starting = True
+            self.query_one("#train-start", Button).disabled = True
+            self.app.notify("Starting a training job (identifiers acknowledged)...")
+            self._launch(spec)
+
+        self.app.push_screen(Confirm(title, body, yes="Train anyway", no="Cancel", yes_key="y", no_key="n",
+                                     yes_help="Train on this data, recording the acknowledgement",
+                                     no_help="Do not train; redact the file first"), answered)
 
     # ---- switching between the form and a run
     def watch_pane(self, pane: str) -> None:

@@ -25,6 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--no-gradient-checkpointing", action="store_true")
     fit.add_argument("--gpu", type=int, default=0, metavar="INDEX", help="GPU to compare with (default 0)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for each library probe")
+    proof = parser.add_argument_group("offline proof")
+    proof.add_argument("--offline-proof", action="store_true",
+                       help="instead of the checks: run a real training step and a generation (demo model, CPU or GPU) "
+                            "with networking removed, and report the connection attempts seen")
+    proof.add_argument("--proof-method", choices=("auto", "namespace", "refuse"), default="auto",
+                       help="auto: a network namespace without interfaces where the system allows one, else every "
+                            "socket refused (default auto)")
     add_common(parser)
 
 
@@ -51,9 +58,29 @@ def make_fit(args: argparse.Namespace):
     return fit
 
 
+def offline_proof(args: argparse.Namespace) -> int:
+    from ..privacy.offline_proof import run_proof
+    from ..rows import format_rows
+
+    if not args.json:
+        print("medtui check --offline-proof: training one step and generating with networking removed ...",
+              file=sys.stderr, flush=True)
+    result = run_proof(args.proof_method, timeout=max(args.timeout, 60.0) * 3)
+    if args.json:
+        print_json(result.as_dict())
+    else:
+        print(format_rows(result.rows))
+        print(f"\nverdict: {'ok' if result.ok else 'problem'}: "
+              + (f"{result.attempts} connection attempts; trained and generated offline "
+                 f"({result.elapsed_s:.0f} s)" if result.ok else "the offline proof did not pass"))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
 def run(args: argparse.Namespace) -> int:
     from ..envcheck import collect
 
+    if args.offline_proof:
+        return offline_proof(args)
     ctx = load_context(args.workspace, args.config)
     fit = make_fit(args)
     progress = None if args.json else (lambda m: print(f"  ... {m}", file=sys.stderr, flush=True))

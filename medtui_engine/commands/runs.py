@@ -102,20 +102,23 @@ def do_list(ctx, args) -> int:
 def do_show(ctx, args) -> int:
     from ..fmt import fmt_duration
     from ..jobs.describe import describe_run_status
+    from ..privacy.audit import describe_data_audit, read_data_record
     from ..rows import format_rows
     from ..runs.store import load_run
 
     run_dir = _run_dir(ctx, args.run)
     spec, state = load_run(run_dir)
     summary = state_summary(spec, state)
+    data_record = read_data_record(run_dir)
     if args.json:
-        print_json({"run_dir": str(run_dir), "spec": spec, "state": summary})
+        print_json({"run_dir": str(run_dir), "spec": spec, "state": summary, "data_record": data_record})
         return EXIT_OK
     total = f"/{state.total_steps}" if state.total_steps else ""
     print(f"run      {run_dir.name}   ({run_dir})")
     print(f"status   {state.status}" + (f" (resumed {state.resumed}x)" if state.resumed else ""))
     print(f"model    {summary['model_label'] or summary['model']}")
     print(f"data     {spec.get('data')}  ({state.num_examples} cases, {state.train_tokens:,} tokens)")
+    print(format_rows(describe_data_audit(spec, data_record), width=9))
     print(f"setting  backend {state.backend or spec.get('backend')}, template {spec.get('template')}, "
           f"LoRA r={spec.get('lora_r')} alpha={spec.get('lora_alpha')}, lr {spec.get('learning_rate')}, "
           f"batch {spec.get('micro_batch')} x {spec.get('grad_accum')}, max length {spec.get('max_seq_length')}")

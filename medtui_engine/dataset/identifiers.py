@@ -19,8 +19,8 @@ _PHONE_RE = re.compile(r"(?<![\d.])(?:\+?86[- ]?)?(1[3-9]\d[- ]?\d{4}[- ]?\d{4})
 _EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _RECORD_RE = re.compile(r"(住院号|门诊号|病案号|病历号|住院编号|门诊编号|登记号)\s*[:：]?\s*([A-Za-z]{0,3}\d[\dA-Za-z-]{3,})")
 _NAME_RE = re.compile(r"(?:患者)?姓\s*名\s*[:：]\s*([^\s，,。；;:：、()（）]{1,6})")
-# A name field that already hides the name (张某, 某某, XX, ***, 患者A) is not a finding.
-_MASKED_NAME = re.compile(r"某|[xX×*＊?？]|^患者|^[A-Za-z]$|^[甲乙丙丁]$|^(?:未知|不详|未提供|无|略|匿名|保密|已隐去)")
+# A name field that already hides the name (张某, 某某, XX, ***, 患者A, a placeholder such as [姓名]) is not a finding.
+_MASKED_NAME = re.compile(r"某|[xX×*＊?？]|^[\[【]|^患者|^[A-Za-z]$|^[甲乙丙丁]$|^(?:未知|不详|未提供|无|略|匿名|保密|已隐去)")
 # Cheap tests first: most rows hold none of these, and the full scan is the slow part on big files.
 # Every ID or phone number holds 3 digits, an optional separator, then 4 digits.
 _DIGIT_RUN = re.compile(r"\d{3}[- ]?\d{4}")

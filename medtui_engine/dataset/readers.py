@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +61,31 @@ def detect_format(path: Path) -> str:
     return "csv"
 
 
+_NOT_REGULAR = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                (stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"))
+
+
+def not_regular(path: Path) -> str | None:
+    """Why ``path`` cannot be a data file (a device, a pipe, a socket, or a link to one), or None.
+
+    Reading such a path can block or never end (``/dev/zero``), so it is refused before any read.
+    A path that does not exist, a regular file or a directory gives None (other checks speak of those).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in _NOT_REGULAR:
+        if test(mode):
+            via = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+            return (f"{path}{via} is a {what}, not a regular file: reading it could block or never end; "
+                    "give a data file (JSON, JSONL, CSV, Parquet)")
+    return None
+
+
 def read_table(path: Path, fmt: str | None = None, encoding: str | None = None) -> RawTable:
+    if why := not_regular(path):
+        raise UserError(why)
     if not path.exists():
         raise UserError(f"{path}: no such file or directory; check the path")
     fmt = fmt or detect_format(path)

@@ -38,10 +38,28 @@ def load_train_cases(path: str | Path, question: str, cot: str, response: str) -
     return cases, notes
 
 
+def privacy_record(cases: list[TrainCase], allow_identifiers: str) -> dict:
+    """The identifier gate, again in the job, on the cases it trains: counts by kind and the decision
+    (never a value). Raises UserError when a kind found was not acknowledged (the file changed since
+    the run was started, or the spec was written by hand)."""
+    from ..privacy.gate import counts_phrase, decide, parse_kinds, scan_cases
+
+    identifiers, rows_with, placeholders = scan_cases(cases)
+    decision, acknowledged = decide(identifiers, placeholders, parse_kinds(allow_identifiers))
+    missing = [k for k in identifiers if k not in acknowledged]
+    if missing:
+        raise UserError(f"the rows to train on hold possible patient identifiers ({counts_phrase(identifiers)}) "
+                        f"of kinds not acknowledged for this run ({', '.join(missing)}); redact the file with "
+                        "`medtui redact`, or start a new run acknowledging them")
+    return {"identifiers": identifiers, "rows_with_identifiers": rows_with, "placeholders": placeholders,
+            "gate": decision, "acknowledged": acknowledged}
+
+
 def data_record(path: str | Path, cases: list[TrainCase], train: list[TrainCase], evals: list[TrainCase],
-                eval_fraction: float, seed: int) -> dict:
+                eval_fraction: float, seed: int, privacy: dict | None = None) -> dict:
     """What a run records about its data (data.json): enough to know the file is the same and to
-    rebuild the exact split (the rows in each part, by their row number in the file)."""
+    rebuild the exact split (the rows in each part, by their row number in the file), and the
+    identifier gate's counts and decision (``privacy``, from :func:`privacy_record`)."""
     import hashlib
 
     sha = None  # a save_to_disk directory has no one file to hash
@@ -59,6 +77,7 @@ def data_record(path: str | Path, cases: list[TrainCase], train: list[TrainCase]
         "seed": seed,
         "train_rows": [c.row for c in train],
         "eval_rows": [c.row for c in evals],
+        **(privacy or {}),
     }
 
 

@@ -71,14 +71,22 @@ def prepare_spec(spec: TrainSpec) -> TrainSpec:
 
 
 def start_run(runs_dir: Path, spec: TrainSpec, force: bool = False, name: str | None = None) -> Started:
-    """Validate, pick a GPU, create the run directory, write spec.json and launch the job."""
+    """Validate, check the data (its mapping, and the identifier gate), pick a GPU, create the run
+    directory, write spec.json (with the data's audit) and launch the job.
+
+    Raises UserError before anything is written when the data does not map to the spec's fields, and
+    :class:`medtui_engine.privacy.gate.IdentifierGate` when it holds possible identifiers of kinds
+    the spec's ``allow_identifiers`` does not acknowledge."""
+    from ..privacy.gate import check_run_data, parse_kinds
     from ..runs.jobs import launch_job
     from ..runs.store import new_run_dir
 
     spec = prepare_spec(spec)
+    spec.allow_identifiers = ",".join(parse_kinds(spec.allow_identifiers))
+    audit = check_run_data(spec)
     gpu_env, warnings = pick_gpu(runs_dir, force)
     run_dir = new_run_dir(runs_dir, name or Path(spec.model).name)
-    spec.write(run_dir, extra={"gpu": gpu_env.get("CUDA_VISIBLE_DEVICES")})
+    spec.write(run_dir, extra={"gpu": gpu_env.get("CUDA_VISIBLE_DEVICES"), "data_audit": audit.as_dict()})
     pid = launch_job(JOB_MODULE, run_dir, env={**os.environ, **gpu_env})
     return Started(run_dir, pid, tuple(warnings))
 

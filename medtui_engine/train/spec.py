@@ -198,6 +198,12 @@ class SpecError(ValueError):
 
 # ------------------------------------------------------------------ the spec
 
+def _identifier_kinds_ok(v: str) -> bool:
+    from ..privacy.gate import kinds_ok
+
+    return kinds_ok(v)
+
+
 def _names_ok(v: list) -> bool:
     return all(isinstance(t, str) and t for t in v)
 
@@ -224,6 +230,12 @@ class TrainSpec:
         0, label="Rows to use", kind="int", flag="--limit-rows", metavar="N", group="data fields", lo=0,
         rule="must be 0 (all) or a positive whole number", form=True,
         help="use only the first N cases (a quick trial)", hint="0 = all rows")
+    allow_identifiers: str = _setting(
+        "", label="Allowed identifiers", flag="--allow-identifiers", metavar="KIND,...", group="data fields",
+        check=_identifier_kinds_ok,
+        rule="must be identifier kinds separated by commas: id_number, phone_number, email, record_number, name_field",
+        help="train although the rows hold possible patient identifiers of these kinds (each kind found must be "
+             "named; recorded with the run). Better: medtui redact")
     template: str = _setting("seed", label="Prompt template", kind="choice", choices=TEMPLATES, flag="--template",
                              form=True, help="prompt format (default: seed)")
     mask_prompt: bool = _setting(
@@ -381,6 +393,10 @@ def file_problems(name: str, value: Any) -> list[Problem]:
         if not value:
             return [Problem("data", "is not set: give a JSON, JSONL, CSV or Parquet file of cases "
                                     "(Question, Complex_CoT, Response)")]
+        from ..dataset.readers import not_regular
+
+        if why := not_regular(Path(value)):
+            return [Problem("data", f": {why}")]
         if not Path(value).is_file():
             return [Problem("data", f": {value} does not exist or is not a file")]
         if not os.access(value, os.R_OK):
