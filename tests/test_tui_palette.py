@@ -76,7 +76,7 @@ async def test_train(workspace, demo_model):
     app = MedtuiApp(workspace=str(workspace), start_mode="train")
     async with app.run_test(size=SIZE) as pilot:
         screen = await wait_for_screen(pilot, TrainScreen)
-        await wait_until(pilot, lambda: screen._ready, "the form", 60)
+        await wait_until(pilot, lambda: screen.ready, "the form", 60)
         assert_every_footer_key_has_an_entry(app)
         await run_from_palette(pilot, "fit", "Will it fit (^e)")
         fit = screen.query_one("#train-fit", Static)
@@ -91,7 +91,7 @@ async def test_runs(workspace):
         await wait_until(pilot, lambda: screen.order, "the run in the table", 60)
         assert_every_footer_key_has_an_entry(app)
         await run_from_palette(pilot, "mark", "Mark (space)")
-        await wait_until(pilot, lambda: screen.marked == [FINISHED.name], "the run marked from the palette")
+        await wait_until(pilot, lambda: tuple(screen.marked) == (FINISHED.name,), "the run marked from the palette")
 
 
 async def test_console_and_its_dialog(workspace):
