@@ -102,7 +102,7 @@ class StopContract:
         d = asdict(self)
         d["tokens"] = {str(k): v for k, v in self.tokens.items()}
         d["verdict"] = self.verdict
-        return d
+        return json.loads(json.dumps(d))   # lists, not tuples: the same after a round trip through medtui.json
 
 
 def _ids(value: Any) -> tuple[int, ...]:
