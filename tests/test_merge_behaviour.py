@@ -80,3 +80,26 @@ def test_model_that_never_stops_installs_with_a_warning(demo_model: Path, worksp
     assert "Loss: first 2.5000 (step 1), last 1.5000 (step 3), best 1.2500 (step 2)" in card
     assert "Stops by itself: 0 of 4 probe answers within 8 tokens (cut-off rate 100%)" in card
     assert "Not evaluated" in card and "Not recorded: this run did not record an identifier scan." in card
+
+
+@pytest.mark.slow
+def test_correctness_still_refuses(demo_model: Path, tmp_path: Path) -> None:
+    """A "merged" directory that lost the adapter (the base's weights, medtui's files) fails the logits
+    check: correctness is what refuses; a cut-off alone never does."""
+    import shutil
+
+    from medtui_engine.merge.core import write_generation_config
+    from medtui_engine.merge.pipeline import VerificationFailed
+    from medtui_engine.merge.plan import make_plan
+    from medtui_engine.merge.verify import verify
+
+    base = base_qwen_like(demo_model, tmp_path / "qwen-base-like")
+    adapter = make_adapter(base, tmp_path / "lora", scale=0.2)
+    plan = make_plan(str(adapter), base=str(base), out=str(tmp_path / "out"))
+    lost = shutil.copytree(base, tmp_path / "lost-the-adapter")
+    write_generation_config(plan, lost)
+    record = verify(plan, lost, tmp_path / "work", max_new_tokens=4)
+    assert not record["passed"] and "logits_match" in record["failed_checks"]
+    assert record["checks"]["stop_token_contract"] and record["checks"]["loads_without_peft_unsloth"]
+    assert record["behaviour"]["prompts"] == 4 and "behaviour" not in record["failed_checks"]
+    assert "verification failed: logits_match" in str(VerificationFailed(record))
