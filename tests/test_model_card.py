@@ -61,8 +61,11 @@ def test_card_of_an_evaluated_run_with_an_identifier_scan(workspace: Path, adapt
     base = shutil.copytree(demo_model, tmp_path / "Qwen3-tiny")
     (base / "medtui_demo.json").unlink()
     (base / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n# the base\n")
-    run = make_run(workspace, adapter, str(base), identifiers={
-        "counts": {"mobile": 2, "id_card": 1, "email": 0}, "examples": [MOBILE], "decision": "acknowledged"})
+    # data.json as the identifier gate records it: counts by kind, the decision (and a value that a
+    # careless card would copy: it must not)
+    run = make_run(workspace, adapter, str(base), identifiers={"phone_number": 2, "id_number": 1, "email": 0},
+                   rows_with_identifiers=2, placeholders={"[手机号]": 1}, gate="acknowledged",
+                   acknowledged=["phone_number", "id_number"], example=MOBILE)
     report = workspace / "reports" / "eval-20261201-100000"
     report.mkdir(parents=True)
     summary = {"diagnosis_contains": {"label": "diagnosis: containment match", "kind": "rate", "k": 3, "n": 5,
@@ -92,7 +95,9 @@ def test_card_of_an_evaluated_run_with_an_identifier_scan(workspace: Path, adapt
     assert "Rows used: 40; training rows: 36; held-out evaluation rows: 4 (eval fraction 0.1, seed 7)" in body
     # identifiers: counts by kind, never a value
     assert "counts by kind (3 in all; values are never recorded)" in body
-    assert "| email | 0 |\n| id_card | 1 |\n| mobile | 2 |" in body and MOBILE not in card
+    assert "| email | 0 |\n| id_number | 1 |\n| phone_number | 2 |" in body and MOBILE not in card
+    assert "- Rows holding possible identifiers: 2\n- Redaction placeholders in the data: [手机号] 1" in body
+    assert "- Gate decision: acknowledged\n- Kinds acknowledged by the user: phone_number, id_number" in body
     # the recipe, from spec.json, without the data block (it is the data section)
     assert "| lora_r | 8 |" in body and "| learning_rate | 0.0002 |" in body and "| data |" not in body
     # curves, folded by the reducer

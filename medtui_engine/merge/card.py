@@ -72,13 +72,37 @@ def identifier_counts(data: dict | None, spec: dict | None) -> dict[str, int] | 
         rec = next((source[k] for k in IDENTIFIER_KEYS if isinstance(source.get(k), dict)), None)
         if rec is None:
             continue
-        for key in ("counts", "by_kind", "counts_by_kind", "found"):
+        for key in ("identifiers", "counts", "by_kind", "counts_by_kind"):
             if isinstance(rec.get(key), dict):
                 rec = rec[key]
                 break
         counts = {str(k): int(v) for k, v in rec.items() if isinstance(v, int) and not isinstance(v, bool)}
         return counts
     return None
+
+
+def gate_lines(data: dict | None) -> list[str]:
+    """The identifier gate's decision beside the counts (the privacy record in data.json): rows that
+    held identifiers, placeholders already in the data, the decision and the kinds acknowledged."""
+    data = data or {}
+    if isinstance(data.get("privacy"), dict) and "gate" not in data:
+        data = data["privacy"]
+    out = []
+    if isinstance(data.get("rows_with_identifiers"), int):
+        out.append(f"- Rows holding possible identifiers: {data['rows_with_identifiers']}")
+    ph = data.get("placeholders")
+    if isinstance(ph, dict) and ph:
+        counts = {str(k): v for k, v in ph.items() if isinstance(v, int) and not isinstance(v, bool)}
+        if counts:
+            out.append("- Redaction placeholders in the data: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    elif isinstance(ph, int) and not isinstance(ph, bool):
+        out.append(f"- Redaction placeholders in the data: {ph}")
+    if isinstance(data.get("gate"), str):
+        out.append(f"- Gate decision: {data['gate']}")
+    ack = data.get("acknowledged")
+    if isinstance(ack, list) and ack:
+        out.append("- Kinds acknowledged by the user: " + ", ".join(str(k) for k in ack))
+    return out
 
 
 def training_summary(run_dir: Path) -> dict | None:
@@ -205,6 +229,8 @@ def render_card(plan: MergePlan, record: dict, versions: dict, merge: dict | Non
         out.append(f"Possible identifiers found in the training data, counts by kind ({sum(ids.values())} in all; "
                    "values are never recorded):")
         out += ["", "| kind | count |", "| --- | ---: |", *[f"| {_cell(k)} | {v} |" for k, v in sorted(ids.items())]]
+    if ids is not None:
+        out += [""] + gate_lines(data)
     out.append("")
 
     out += ["## Training recipe", ""]
