@@ -33,7 +33,9 @@ RECIPE_FIRST = ("model", "model_label", "template", "backend", "load_in_4bit", "
                 "max_seq_length", "mask_prompt", "scheduler", "warmup_ratio", "optimizer", "seed", "eval_fraction")
 # keys under which a run may record its identifier scan (data.json first, then spec.json)
 IDENTIFIER_KEYS = ("identifiers", "identifier_counts", "identifier_scan", "privacy")
-EVAL_MEASURES = ("diagnosis_contains", "diagnosis_exact", "all_sections", "three_elements", "cut_off")
+# the evaluation's headline measures, where the report has them (older reports: diagnosis_contains)
+EVAL_MEASURES = ("diagnosis_match", "diagnosis_contains", "diagnosis_exact", "exam_correct", "all_sections",
+                 "three_elements", "cut_off")
 
 
 def _read_json(path: Path):
@@ -156,7 +158,8 @@ def _fmt_measure(entry: dict) -> str:
     if value is None:
         return "n/a"
     if entry.get("kind") == "rate":
-        return f"{100 * value:.1f}% ({entry.get('k')}/{entry.get('n')})"
+        count = f"{entry['k']}/{entry.get('n')}" if entry.get("k") is not None else f"n={entry.get('n')}"
+        return f"{100 * value:.1f}% ({count})"
     return f"{value:.2f}"
 
 
