@@ -173,28 +173,25 @@ def check_contract(tokenizer, template: str, config_eos: Any, config_source: str
         issues.append(StopIssue("problem", f"the template's end of turn {turn_end} is not one token of the vocabulary",
                                 "use a tokenizer that has it as a special token, or the other template"))
 
-    valid: list[int] = []
+    valid = [i for i in config_ids if 0 <= i < size and i in special]
+    stop = tuple(dict.fromkeys(i for i in (turn_id, eos_id, *valid) if i is not None))
+    set_ids = f"set eos_token_id in {where} to {_id_list(stop)}"
     for i in config_ids:
         if not 0 <= i < size:
             issues.append(StopIssue("warning", f"{where} names end id {i}, which is not a token of this "
-                                               f"tokenizer ({size} tokens)",
-                                    f"remove {i} from eos_token_id in {where}"))
+                                               f"tokenizer ({size} tokens)", set_ids))
         elif i not in special:
             issues.append(StopIssue("warning", f"{where} names end id {i} ({text_of(i)}), an ordinary "
                                                "token: runtimes that read it cut answers at that text; medtui does not "
-                                               "stop on it",
-                                    f"remove {i} from eos_token_id in {where}"))
+                                               "stop on it", set_ids))
         else:
             text_of(i)
-            valid.append(i)
-
-    stop = tuple(dict.fromkeys(i for i in (turn_id, eos_id, *valid) if i is not None))
     wanted = tuple(dict.fromkeys(i for i in (turn_id, eos_id) if i is not None))
     missing = [i for i in wanted if i not in config_ids]
     if not config_ids:
         issues.append(StopIssue("warning", f"{where} names no end id: runtimes that read it never stop "
                                            "by themselves",
-                                f"set eos_token_id in {where} to {_id_list(stop)}"))
+                                set_ids))
     elif missing:
         what = []
         if turn_id in missing:
@@ -204,7 +201,7 @@ def check_contract(tokenizer, template: str, config_eos: Any, config_source: str
         issues.append(StopIssue("warning", f"{where} ends on {list(config_ids)}, leaving out "
                                            + " and ".join(what) + ": runtimes that read it run past the end of the answer"
                                            " (medtui stops there itself)",
-                                f"set eos_token_id in {where} to {_id_list(stop)}"))
+                                set_ids))
 
     chat_end = chat_turn_end(tokenizer) if template == "chat" else None
     if template == "chat" and chat_end and turn_end and chat_end != turn_end:
