@@ -75,6 +75,11 @@ class StopContract:
         """Stop ids medtui adds that the generation config does not list."""
         return tuple(i for i in self.stop_ids if i not in self.config_eos_ids)
 
+    @property
+    def ignored(self) -> tuple[int, ...]:
+        """End ids of the generation config that medtui does not stop on (ordinary or unknown tokens)."""
+        return tuple(i for i in self.config_eos_ids if i not in self.stop_ids)
+
     def name(self, token_id: int) -> str:
         return f"{self.tokens.get(token_id, '?')} ({token_id})"
 
@@ -95,6 +100,9 @@ class StopContract:
         if self.added:
             out.append("also stops on " + ", ".join(self.name(i) for i in self.added) +
                        f" (not in {self.config_source})")
+        if self.ignored:
+            out.append("does not stop on " + ", ".join(self.name(i) for i in self.ignored) +
+                       f" (in {self.config_source}, but not an end-of-text token)")
         out += [i.what for i in self.issues if i.severity == "problem"]
         return out
 

@@ -235,6 +235,7 @@ def test_merge_cli_end_to_end(adapter: Path, demo_model: Path, workspace: Path, 
     result = json.loads(proc.stdout)
     assert result["status"] == "finished" and result["out"] == str(out)
     assert result["serve_command"].startswith(f"vllm serve {out} ")
+    assert result["warnings"] == [] and result["verification"]["behaviour"]["random_weights_demo"]
 
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

@@ -79,7 +79,8 @@ def test_base_qwen_files_break_the_contract_for_chat_only(qwen_base: Path) -> No
     assert chat.fixes() == "set eos_token_id in generation_config.json to [151645, 151643]"
     # an ordinary token or an id outside the vocabulary as an end id: named, and never stopped on
     odd = check_contract(tok, "seed", [5, 10**6, ENDOFTEXT], "generation_config.json")
-    assert odd.stop_ids == (ENDOFTEXT,)
+    assert odd.stop_ids == (ENDOFTEXT,) and odd.ignored == (5, 10**6)
+    assert odd.notes() == ["does not stop on & (5), ? (1000000) (in generation_config.json, but not an end-of-text token)"]
     words = odd.summary()
     assert "end id 5 (&), an ordinary token" in words and "end id 1000000, which is not a token" in words
 

@@ -125,6 +125,7 @@ def _finish(job_dir: Path, args) -> int:
         error = state.error or (rows[0].value if status is not JobStatus.FINISHED else None)
         print_json({"job_dir": str(job_dir), "status": status, "out": state.out, "error": error,
                     "serve_command": state.serve_command, "verification": (result or {}).get("verification") or state.verification,
+                    "warnings": (result or {}).get("warnings") or [],
                     "result": result})
     else:
         print(format_rows(rows))
