@@ -271,6 +271,35 @@ def _ram_total() -> int | None:
         return None
 
 
+def rule_stop_tokens(contract: dict) -> CheckLine:
+    """One template's stop-token contract (:meth:`medtui_engine.stoptokens.StopContract.as_dict`)."""
+    ids = ", ".join(f"{contract['tokens'].get(str(i), '?')} ({i})" for i in contract["stop_ids"]) or "none"
+    issues = contract.get("issues") or []
+    value = f"stops on {ids}; " + ("; ".join(i["what"] for i in issues) if issues else
+                                   f"{contract['config_source']}, tokenizer and template agree")
+    fix = "; ".join(dict.fromkeys(i["fix"] for i in issues if i.get("fix")))
+    return CheckLine("model", f"stop tokens ({contract['template']})", value, contract["verdict"], fix)
+
+
+def stop_token_lines(model_dir: Path, template: str | None = None, timeout: float = 120.0) -> list[CheckLine]:
+    """The stop-token contract of a model directory, read in a subprocess (transformers' tokenizer):
+    one line per template the model can be used with (see :mod:`medtui_engine.stoptokens`)."""
+    env = offline_env()
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    try:
+        proc = subprocess.run([sys.executable, "-m", "medtui_engine.stoptokens", str(model_dir), *([template] if template else [])],
+                              capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        contracts = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        contracts, proc = None, None
+    if not contracts:
+        tail = ((proc.stderr or "").strip().splitlines() or ["timed out"])[-1][:300] if proc else "timed out"
+        return [CheckLine("model", "stop tokens", f"cannot read the tokenizer of {model_dir}: {tail}", "warning",
+                          "check that the directory has the tokenizer files")]
+    return [rule_stop_tokens(c) for c in contracts]
+
+
 def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -279,9 +308,11 @@ def _existing_parent(path: Path) -> Path:
 
 def collect(workspace: Path, settings: dict | None = None, min_free_gib: float = 50.0,
             probe_timeout: float = 120.0, progress: Callable[[str], None] | None = None,
-            fit: Callable[[NvmlInfo], tuple[dict, CheckLine]] | None = None) -> EnvReport:
+            fit: Callable[[NvmlInfo], tuple[dict, CheckLine]] | None = None,
+            model_lines: Callable[[], list[CheckLine]] | None = None) -> EnvReport:
     """Take every reading and apply every rule. ``progress`` hears what is being read; ``fit``
-    estimates the memory of a training setting against these readings (see :mod:`.fit`)."""
+    estimates the memory of a training setting against these readings (see :mod:`.fit`);
+    ``model_lines`` checks a model directory (its stop-token contract, :func:`stop_token_lines`)."""
     say = progress or (lambda _msg: None)
     report = EnvReport(settings=settings or {})
     say("reading GPUs (NVML)")
@@ -342,6 +373,9 @@ def collect(workspace: Path, settings: dict | None = None, min_free_gib: float =
         say("estimating memory for the training setting")
         report.fit, fit_line = fit(nvml)
         lines.append(fit_line)
+    if model_lines is not None:
+        say("checking the model's stop tokens")
+        lines.extend(model_lines())
     say("done")
     return report
 

@@ -235,6 +235,7 @@ def test_merge_cli_end_to_end(adapter: Path, demo_model: Path, workspace: Path, 
     result = json.loads(proc.stdout)
     assert result["status"] == "finished" and result["out"] == str(out)
     assert result["serve_command"].startswith(f"vllm serve {out} ")
+    assert result["warnings"] == [] and result["verification"]["behaviour"]["random_weights_demo"]
 
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -255,7 +256,11 @@ def test_merge_cli_end_to_end(adapter: Path, demo_model: Path, workspace: Path, 
     assert v["decisive_positions"] > 0 and v["top1_agreement_decisive"] == 1.0
     assert v["top1_agreement"] > v["adapter_effect_top1_agreement_base_vs_tuned"]
     assert all(h["halted"] for h in v["forced_eos"]) and v["checks"]["loads_without_peft_unsloth"]
-    assert v["natural_eos_required"] is False and "random weights" in v["natural_eos_note"]
+    b = v["behaviour"]   # random weights never stop by themselves: information, not a warning
+    assert b["random_weights_demo"] and b["prompts"] == 4 and b["max_new_tokens"] == 32 and not b["warning"]
+    assert "random weights" in b["note"] and not v["warnings"] and not prov["warnings"]
+    assert v["stop_contract"]["verdict"] == "ok" and v["checks"]["stop_token_contract"]
+    assert "README.md" in names and "random-weight demo model" in (out / "README.md").read_text()
 
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [151645, 151643] and gen["pad_token_id"] == 151643

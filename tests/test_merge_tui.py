@@ -84,3 +84,34 @@ async def test_dialog_confirms_then_merges_and_shows_verification(run_dir: Path,
     assert prov["run_id"] == run_dir.name and prov["merge"]["dtype"] == "fp16" and prov["verification"]["passed"]
     assert json.loads((merged / "config.json").read_text())["dtype"] == "float16"
     assert prov["trained_with"]["backend"] == "hf"
+
+
+async def test_dialog_installs_a_model_that_never_stops_with_a_warning(workspace: Path, demo_model: Path,
+                                                                       tmp_path: Path) -> None:
+    """A real (non-demo) base whose answers never end: the dialog installs it and says so, with numbers."""
+    from test_stoptokens import base_qwen_like
+
+    base = base_qwen_like(demo_model, tmp_path / "qwen-base-like")
+    run = workspace / "runs" / "20261201-140000-real"
+    run.mkdir(parents=True)
+    (run / "spec.json").write_text(json.dumps({"model": str(base), "template": "seed", "backend": "hf"}))
+    (run / "events.jsonl").write_text("")
+    make_adapter(base, run / "adapter", r=4, alpha=8, seed=5)
+    app = Host(workspace)
+    async with app.run_test(size=(100, 40)) as pilot:
+        open_merge_dialog(app, run)
+        await pilot.pause()
+        dialog = app.screen
+        await wait_for(pilot, lambda: "Base model" in text(dialog, "#merge-plan"), 30)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: dialog.final is not None, 600)
+        assert dialog.final.status == "finished", dialog.final.error
+        result = text(dialog, "#merge-result")
+        assert "0 of 4 probe answers ended by themselves within 1024 tokens, cut-off rate 100%" in result
+        assert "installed anyway" in result and "train longer" in result
+        status = text(dialog, "#merge-status")
+        assert "Merged and verified." in status and "Installed with a warning: Stops" in status
+        await pilot.press("escape")
+    prov = json.loads((run / "merged" / "medtui.json").read_text())
+    assert prov["verification"]["passed"] and prov["verification"]["behaviour"]["cut_off"] == 4
+    assert prov["warnings"] and (run / "merged" / "README.md").is_file()

@@ -28,6 +28,7 @@ from medtui_engine.jobs.describe import describe_merge_plan, describe_merge_prog
 from medtui_engine.jobs.status import JobStatus
 from medtui_engine.merge.events import MergeState
 from medtui_engine.merge.plan import MergePlan, OutputExists, make_plan
+from medtui_engine.rows import Severity
 
 from .rows import row_text, rows_text
 
@@ -221,11 +222,14 @@ class MergeDialog(ModalScreen[str | None]):
             # the figures matter now: the plan gives way so they fit an 80x24 terminal
             self.query_one("#merge-plan", Static).display = False
             bar.display = False
-            self.query_one("#merge-result", Static).update(
-                rows_text(describe_merge_result(s, msg.result, status=msg.status, job_dir=self.job_dir)))
+            rows = describe_merge_result(s, msg.result, status=msg.status, job_dir=self.job_dir)
+            self.query_one("#merge-result", Static).update(rows_text(rows))
             self.query_one("#merge-box").scroll_home(animate=False)
-            status.update("[b green]Merged and verified.[/]" if msg.status is JobStatus.FINISHED
-                          else "[b red]The merge failed.[/]")
+            # a behaviour warning (answers cut off) never stops the install: said beside the outcome
+            warned = [r.label for r in rows if r.severity is Severity.WARNING]
+            status.update(("[b green]Merged and verified.[/]" + (f" [b yellow]Installed with a warning: "
+                                                                  f"{escape(', '.join(warned))} (below).[/]" if warned else ""))
+                          if msg.status is JobStatus.FINISHED else "[b red]The merge failed.[/]")
 
     def action_close(self) -> None:
         self.dismiss(self.final.out if self.final and self.final_status is JobStatus.FINISHED else None)

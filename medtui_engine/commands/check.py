@@ -16,7 +16,8 @@ MARK = {"ok": "ok", "info": "--", "warning": "WARN", "problem": "FAIL"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit = parser.add_argument_group("will it fit (with --model)")
-    fit.add_argument("--model", metavar="DIR|demo", help="estimate peak GPU memory for training this model")
+    fit.add_argument("--model", metavar="DIR|demo", help="estimate peak GPU memory for training this model, and check "
+                     "that its generation config, tokenizer and template agree on the tokens that end an answer")
     fit.add_argument("--bits", type=int, choices=(4, 16), default=4, help="4-bit (QLoRA) or 16-bit base weights (default 4)")
     fit.add_argument("--seq", type=int, default=2048, metavar="N", help="max sequence length (default 2048)")
     fit.add_argument("--batch", type=int, default=1, metavar="N", help="per-device micro-batch (default 1)")
@@ -76,6 +77,17 @@ def offline_proof(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def make_stop_lines(args: argparse.Namespace, ctx):
+    """With --model: the model's stop-token contract, one line per template it can be used with."""
+    if not args.model:
+        return None
+    from ..demo import resolve_model
+    from ..envcheck import stop_token_lines
+
+    model_dir = resolve_model(args.model)   # make_fit already refused a model that is not there
+    return lambda: stop_token_lines(model_dir, ctx.settings.template, args.timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..envcheck import collect
 
@@ -85,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     fit = make_fit(args)
     progress = None if args.json else (lambda m: print(f"  ... {m}", file=sys.stderr, flush=True))
     report = collect(ctx.workspace, {**ctx.settings.as_dict(), "config_file": str(ctx.config_file)},
-                     ctx.settings.min_free_disk_gib, args.timeout, progress, fit)
+                     ctx.settings.min_free_disk_gib, args.timeout, progress, fit, make_stop_lines(args, ctx))
     if args.json:
         print_json(report.as_dict())
     else:

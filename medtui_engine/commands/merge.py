@@ -15,6 +15,8 @@ from pathlib import Path
 from ..errors import EXIT_FAILED, EXIT_OK, UserError
 
 POLL_S = 0.3
+ACCEPT_NO_EOS_NOTE = ("--accept-no-eos is no longer needed and does nothing: a model whose answers do not stop by "
+                      "themselves is installed with a warning (the cut-off rate is in medtui.json)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing output (only once the new one is complete and verified)")
     parser.add_argument("--adapter-only", action="store_true", help="export the adapter for serving with the base (vLLM --enable-lora) instead of merging")
     parser.add_argument("--gguf", action="store_true", help="also write a GGUF file (needs a local llama.cpp; otherwise says what to install)")
-    parser.add_argument("--verify-tokens", type=int, metavar="N", help="greedy tokens the stop check may generate (default 1024; 32 for the demo model)")
-    parser.add_argument("--accept-no-eos", action="store_true", help="install the model even if its greedy answer does not reach EOS within the limit (recorded in medtui.json)")
+    parser.add_argument("--verify-tokens", type=int, metavar="N", help="greedy tokens each probe answer may take before it counts as cut off (default 1024; 32 for the demo model)")
+    # kept so that scripts written for earlier versions still run: a model that does not stop by itself
+    # is now installed with a warning, so there is nothing left to accept
+    parser.add_argument("--accept-no-eos", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dry-run", action="store_true", help="show what would happen (base, adapter, output, disk) and stop")
     parser.add_argument("--detach", action="store_true", help="start the job and return at once")
     parser.add_argument("--follow", metavar="JOB_DIR", help="follow a merge job started earlier (with --detach or from the TUI)")
@@ -81,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.gguf and find_gguf_converter() is None and not args.json:
         print(f"note: {GGUF_HELP}", file=sys.stderr)
-    options = {"verify_tokens": args.verify_tokens, "require_natural_eos": False if args.accept_no_eos else None}
+    if args.accept_no_eos and not args.json:
+        print(f"note: {ACCEPT_NO_EOS_NOTE}", file=sys.stderr)
+    options = {"verify_tokens": args.verify_tokens}
     job_dir = start_merge(plan, ctx.workspace, options)
     if args.detach:
         if args.json:
@@ -119,6 +125,7 @@ def _finish(job_dir: Path, args) -> int:
         error = state.error or (rows[0].value if status is not JobStatus.FINISHED else None)
         print_json({"job_dir": str(job_dir), "status": status, "out": state.out, "error": error,
                     "serve_command": state.serve_command, "verification": (result or {}).get("verification") or state.verification,
+                    "warnings": (result or {}).get("warnings") or [],
                     "result": result})
     else:
         print(format_rows(rows))

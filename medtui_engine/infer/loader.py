@@ -46,6 +46,7 @@ class LoadedModel:
     gpu_mem_mib: float | None      # torch's allocation after loading (None on the CPU)
     eos_ids: tuple[int, ...]
     notes: list[str] = field(default_factory=list)
+    stop_contract: Any = None      # medtui_engine.stoptokens.StopContract: why these eos_ids
     # decode state kept between answers (the transformers path's static cache and CUDA graph)
     decoder: Any = None
 
@@ -96,17 +97,19 @@ def _torch_dtype(torch, name: str, cuda: bool):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def eos_token_ids(model, tokenizer) -> tuple[int, ...]:
-    """Every id that ends an answer: the generation config's EOS ids and the tokenizer's EOS."""
-    ids: list[int] = []
-    gc = getattr(model, "generation_config", None)
-    eos = getattr(gc, "eos_token_id", None) if gc is not None else None
-    for v in (eos if isinstance(eos, (list, tuple)) else [eos]):
-        if isinstance(v, int):
-            ids.append(v)
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    return tuple(dict.fromkeys(ids))
+def stop_contract(model, tokenizer, template: str):
+    """The stop-token contract of a loaded model (:mod:`medtui_engine.stoptokens`): its generation
+    config's end ids against the tokenizer's EOS and the template's end-of-turn token."""
+    from ..stoptokens import check_contract, config_eos_of_model
+
+    ids, where = config_eos_of_model(model)
+    return check_contract(tokenizer, template, ids, where)
+
+
+def eos_token_ids(model, tokenizer, template: str = "seed") -> tuple[int, ...]:
+    """Every id that ends an answer: the template's end of turn, the tokenizer's EOS and the generation
+    config's (valid) end ids; the stop-token contract's stop ids."""
+    return stop_contract(model, tokenizer, template).stop_ids
 
 
 def load_model(source: ModelSource, options: LoadOptions | None = None,
@@ -150,6 +153,8 @@ def load_model(source: ModelSource, options: LoadOptions | None = None,
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    contract = stop_contract(model, tokenizer, source.template)
+    notes.extend(contract.notes())
     report("ready", 1.0)
     mem = torch.cuda.memory_allocated() / 2**20 if cuda else None
     return LoadedModel(
@@ -157,7 +162,7 @@ def load_model(source: ModelSource, options: LoadOptions | None = None,
         device="cuda" if cuda else "cpu", dtype=str(dtype).replace("torch.", ""),
         quantized=options.load_in_4bit, adapter_merged=adapter_merged,
         load_s=time.perf_counter() - t0, gpu_mem_mib=mem,
-        eos_ids=eos_token_ids(model, tokenizer), notes=notes,
+        eos_ids=contract.stop_ids, notes=notes, stop_contract=contract,
     )
 
 

@@ -20,6 +20,7 @@ DEFAULT_TEMPLATE = "seed"
 PROVENANCE_FILE = "medtui.json"
 SPEC_FILE = "spec.json"
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_META = "medtui_adapter.json"   # written beside the final adapter by the training job
 
 # Keys a run's spec.json may use for its base model (the training engine's TrainSpec uses one of these).
 _SPEC_MODEL_KEYS = ("model", "base_model", "model_path", "model_dir", "model_name_or_path")
@@ -157,11 +158,17 @@ def _from_adapter(adapter: Path, given: str, base_override: str | None) -> Model
         base = resolve_model(base_arg)
     except FileNotFoundError as exc:
         raise UserError(f"the adapter's base model is not usable: {exc}; give it with --base DIR") from None
-    prov = _read_json(adapter / PROVENANCE_FILE)  # an adapter-only export records its template
-    template = _template_of(prov, adapter / PROVENANCE_FILE)
-    return ModelSource("adapter", base, adapter, template or DEFAULT_TEMPLATE,
-                       PROVENANCE_FILE if template else "default", f"{adapter.name} on {_label(base)}",
-                       prov.get("run_id"), given)
+    # an adapter-only export records its template in medtui.json; a final adapter copied out of its
+    # run, in the training job's medtui_adapter.json: the end-of-turn token to stop on depends on it
+    prov, template, where = {}, None, "default"
+    for name in (PROVENANCE_FILE, ADAPTER_META):
+        data = _read_json(adapter / name)
+        template = _template_of(data, adapter / name)
+        if template:
+            prov, where = data, name
+            break
+    return ModelSource("adapter", base, adapter, template or DEFAULT_TEMPLATE, where,
+                       f"{adapter.name} on {_label(base)}", prov.get("run_id"), given)
 
 
 def resolve_source(arg: str | None, runs_dir: Path | None = None, merged_dir: Path | None = None,

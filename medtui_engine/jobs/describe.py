@@ -196,6 +196,44 @@ def describe_merge_plan(plan) -> list[Row]:
     return rows
 
 
+def _stop_rows(v: dict) -> list[Row]:
+    """The verification's two stop rows: the contract and the forced-EOS halt (correctness), and
+    whether the answers ended by themselves (behaviour: a warning with numbers, never a failure)."""
+    if not (v.get("greedy") or v.get("forced_eos") or v.get("behaviour")):
+        return []
+    forced = all(h.get("halted") for h in v.get("forced_eos") or [])
+    contract = v.get("stop_contract")
+    agree = contract is None or (v.get("checks") or {}).get("stop_token_contract", True)
+    where = (f"template end of turn {contract.get('turn_end')}, tokenizer EOS {contract.get('tokenizer_eos')}; "
+             if contract else "")
+    rows = [Row("Stop tokens", f"EOS ids {v.get('generation_eos_ids')} in generation_config.json ({where}"
+                               f"{'they agree' if agree else 'they DISAGREE'}); forced EOS halts: {'yes' if forced else 'NO'}",
+                Severity.OK if forced and agree else Severity.PROBLEM)]
+    b = v.get("behaviour")
+    if b and b.get("prompts"):
+        lengths = b.get("tokens_when_stopped") or {}
+        figures = (f"{b['stopped']} of {b['prompts']} probe answers ended by themselves within {b['max_new_tokens']} "
+                   f"tokens, cut-off rate {b['cut_off_rate']:.0%}"
+                   + (f" (ended after {lengths['min']}-{lengths['max']} tokens, mean {lengths['mean']})" if lengths else ""))
+        if b.get("random_weights_demo"):
+            rows.append(Row("Stops", figures + "; random-weight demo: not expected to stop", Severity.INFO))
+        elif b.get("warning"):
+            from ..merge.verify import BEHAVIOUR_FIX
+
+            rows.append(Row("Stops", figures + "; installed anyway: the model may not have learned to end its answers",
+                            Severity.WARNING, BEHAVIOUR_FIX))
+        else:
+            rows.append(Row("Stops", figures, Severity.OK))
+        return rows
+    # a medtui.json written before the behaviour check: one greedy answer
+    g = v.get("greedy") or {}
+    natural = f"yes, after {g.get('eos_at')} tokens" if g.get("reached_eos") else f"no, within {g.get('max_new_tokens')}"
+    note = "" if v.get("natural_eos_required") else " (random-weight demo: not required)"
+    return [Row("Stops", f"EOS ids {v.get('generation_eos_ids')} in generation_config.json; forced EOS halts: "
+                         f"{'yes' if forced else 'NO'}; greedy answer reached EOS by itself: {natural}{note}",
+                Severity.OK if forced else Severity.PROBLEM)]
+
+
 def describe_merge_result(state: MergeState, result: dict | None = None, *, status: str | None = None,
                           job_dir: Path | str | None = None) -> list[Row]:
     """How a merge ended: the output, its verification, how to serve it; or why it failed.
@@ -214,15 +252,7 @@ def describe_merge_result(state: MergeState, result: dict | None = None, *, stat
         failed = v.get("failed_checks")
         rows.append(Row("Logits", _verification_figures(v), Severity.PROBLEM if failed else Severity.OK,
                         f"failed checks: {', '.join(failed)}" if failed else ""))
-    if v.get("greedy") or v.get("forced_eos"):
-        g = v.get("greedy") or {}
-        forced = all(h.get("halted") for h in v.get("forced_eos") or [])
-        natural = (f"yes, after {g.get('eos_at')} tokens" if g.get("reached_eos")
-                   else f"no, within {g.get('max_new_tokens')}")
-        note = "" if v.get("natural_eos_required") else " (random-weight demo: not required)"
-        rows.append(Row("Stops", f"EOS ids {v.get('generation_eos_ids')} in generation_config.json; forced EOS halts: "
-                                 f"{'yes' if forced else 'NO'}; greedy answer reached EOS by itself: {natural}{note}",
-                        Severity.OK if forced else Severity.PROBLEM))
+    rows += _stop_rows(v)
     checks = v.get("checks") or {}
     if "loads_without_peft_unsloth" in checks:
         loads = checks["loads_without_peft_unsloth"]
@@ -230,6 +260,8 @@ def describe_merge_result(state: MergeState, result: dict | None = None, *, stat
                         Severity.OK if loads else Severity.PROBLEM))
     if state.out:
         rows.append(Row("Provenance", f"{Path(state.out) / 'medtui.json'} (sha256 of every file)"))
+        if (result or {}).get("card"):
+            rows.append(Row("Model card", str(Path(state.out) / (result or {})["card"].get("file", "README.md"))))
     rows.append(Row("Serve", state.serve_command or "", Severity.OK))
     g = (result or {}).get("gguf")
     if isinstance(g, dict):

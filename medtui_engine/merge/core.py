@@ -227,20 +227,15 @@ def copy_tokenizer(plan: MergePlan, tmp: Path) -> list[str]:
     return copied
 
 
-def stop_ids(tokenizer, template: str) -> tuple[list[int], int | None]:
-    """(EOS ids, pad id) the merged model's generation config must carry.
+def stop_ids(tokenizer, template: str, base_config_eos=None) -> tuple[list[int], int | None]:
+    """(EOS ids, pad id) the merged model's generation config must carry: the stop-token contract's
+    ids (:func:`medtui_engine.stoptokens.written_eos_ids`: the template's end of turn first, what
+    training taught the model to emit, then the tokenizer's EOS and the base's own end ids), then
+    Qwen's ``<|im_end|>`` and ``<|endoftext|>`` where the vocabulary has them."""
+    from ..stoptokens import written_eos_ids
 
-    The template's end-of-answer token comes first (what training taught the model to emit), then
-    the tokenizer's EOS, then Qwen's ``<|im_end|>`` and ``<|endoftext|>`` where the vocabulary has them:
-    a runtime that stops on any of them stops where training ended the answer.
-    """
-    from ..templates import eos_text
-
+    ids = written_eos_ids(tokenizer, template, base_config_eos)
     vocab = tokenizer.get_vocab()
-    ids: list[int] = []
-    for text in (eos_text(tokenizer, template), tokenizer.eos_token, "<|im_end|>", "<|endoftext|>"):
-        if text and text in vocab and vocab[text] not in ids:
-            ids.append(vocab[text])
     pad = tokenizer.pad_token_id
     if pad is None and "<|endoftext|>" in vocab:
         pad = vocab["<|endoftext|>"]
@@ -248,13 +243,12 @@ def stop_ids(tokenizer, template: str) -> tuple[list[int], int | None]:
 
 
 def write_generation_config(plan: MergePlan, tmp: Path) -> dict:
-    """generation_config.json: the base's settings with EOS/pad ids that match the tokenizer."""
+    """generation_config.json: the base's settings with EOS/pad ids that keep the stop-token contract."""
     from transformers import AutoTokenizer
 
+    from ..stoptokens import check_contract, config_eos_of_dir
+
     tok = AutoTokenizer.from_pretrained(str(tmp))
-    eos, pad = stop_ids(tok, plan.template)
-    if not eos:
-        raise MergeError("the tokenizer has no EOS token: the merged model could never stop")
     src = Path(plan.base_dir) / "generation_config.json"
     gen = {}
     if src.is_file():
@@ -262,6 +256,10 @@ def write_generation_config(plan: MergePlan, tmp: Path) -> dict:
             gen = json.loads(src.read_text(encoding="utf-8"))
         except ValueError:
             gen = {}
+    base_eos, base_from = config_eos_of_dir(Path(plan.base_dir))
+    eos, pad = stop_ids(tok, plan.template, base_eos)
+    if not eos:
+        raise MergeError("the tokenizer has no EOS token: the merged model could never stop")
     gen["eos_token_id"] = eos if len(eos) > 1 else eos[0]
     if pad is not None:
         gen["pad_token_id"] = pad
@@ -269,8 +267,10 @@ def write_generation_config(plan: MergePlan, tmp: Path) -> dict:
     if gen.get("bos_token_id") is None:
         gen.pop("bos_token_id")
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+    base_contract = check_contract(tok, plan.template, base_eos, f"base's {base_from}")
     return {"eos_token_id": eos, "pad_token_id": pad, "eos_tokens": [tok.convert_ids_to_tokens(i) for i in eos],
-            "tokenizer_eos": tok.eos_token, "tokenizer_pad": tok.pad_token}
+            "tokenizer_eos": tok.eos_token, "tokenizer_pad": tok.pad_token,
+            "base_stop_contract": {"verdict": base_contract.verdict, "issues": [i.what for i in base_contract.issues]}}
 
 
 def write_model(plan: MergePlan, tmp: Path, progress: Progress | None = None) -> dict:

@@ -61,8 +61,7 @@ def run_job(job_dir: Path) -> int:
                         run_id=plan.run_id, template=plan.template)
             from .pipeline import execute
 
-            prov = execute(plan, job_dir, writer, verify_tokens=options.get("verify_tokens"),
-                           require_natural_eos=options.get("require_natural_eos"))
+            prov = execute(plan, job_dir, writer, verify_tokens=options.get("verify_tokens"))
             (job_dir / "result.json").write_text(json.dumps(prov, indent=2, ensure_ascii=False), encoding="utf-8")
             writer.emit("finished", step=int(plan.adapter_step or 0), adapter=plan.adapter_dir,
                         runtime_s=round(time.time() - t0, 2), final_loss=None, out=plan.out_dir,

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
+from .card import write_card
 from .core import file_hashes, write_adapter_export, write_model
 from .plan import OWNER_FILE, PROVENANCE, MergePlan, claim_partial, partial_dir_for, stale_partials
 from .serve import GGUF_HELP, export_gguf, find_gguf_converter, served_name, vllm_command
@@ -41,7 +42,8 @@ def versions() -> dict:
     return out
 
 
-def provenance(plan: MergePlan, merge: dict, record: dict, files: dict, serve: str, seconds: dict) -> dict:
+def provenance(plan: MergePlan, merge: dict, record: dict, files: dict, serve: str, seconds: dict,
+               card: dict | None = None) -> dict:
     return {
         "format": FORMAT_VERSION,
         "kind": "adapter" if plan.adapter_only else "merged",
@@ -62,6 +64,8 @@ def provenance(plan: MergePlan, merge: dict, record: dict, files: dict, serve: s
         "generation": merge.get("generation"),
         "tokenizer_files": merge.get("tokenizer_files"),
         "verification": record,
+        "warnings": list(record.get("warnings") or []),
+        "card": card,
         "serve": {"vllm": serve},
         "versions": versions(),
         "files": files,
@@ -82,9 +86,11 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None = None,
-            require_natural_eos: bool | None = None) -> dict:
-    """Run the merge described by ``plan``; emits progress through ``writer``; returns medtui.json."""
+def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None = None) -> dict:
+    """Run the merge described by ``plan``; emits progress through ``writer``; returns medtui.json.
+
+    Only a failed correctness check refuses the install (:class:`VerificationFailed`); a model that
+    does not stop by itself is installed with the warning in ``medtui.json`` (``warnings``)."""
     out = Path(plan.out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in stale_partials(out):
@@ -117,7 +123,7 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
                         device=merge["device"])
             writer.emit("merge_progress", phase="verify", done=0, total=1, bytes_written=merge["bytes"])
             t1 = time.perf_counter()
-            record = verify(plan, tmp, job_dir, verify_tokens, require_natural_eos)
+            record = verify(plan, tmp, job_dir, verify_tokens)
             seconds["verify"] = round(time.perf_counter() - t1, 3)
         writer.emit("merge_verified", max_abs_logit_diff=record.get("max_abs_logit_diff"),
                     top1_agreement=record.get("top1_agreement"), failed_checks=record.get("failed_checks", []),
@@ -126,9 +132,10 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
         if not record.get("passed"):
             raise VerificationFailed(record)
         (tmp / OWNER_FILE).unlink(missing_ok=True)
+        card = None if plan.adapter_only else write_card(plan, tmp, record, versions(), merge)
         files = file_hashes(tmp, merge.get("hashes"))
         serve = vllm_command(out, plan.dtype, served_name(plan.run_id, out), plan.adapter_only, plan.base_dir)
-        prov = provenance(plan, merge, record, files, serve, seconds)
+        prov = provenance(plan, merge, record, files, serve, seconds, card)
         fsync_tree(tmp)
         # medtui.json last: a directory without it was never finished
         with open(tmp / PROVENANCE, "w", encoding="utf-8") as fh:

@@ -1,6 +1,6 @@
 """Load a merged model the way a deployment would, in a fresh process where peft and unsloth cannot
 be imported, and record what it does: logits on the verification prompts, whether generation halts
-on EOS, and a greedy answer up to the limit.
+on EOS, and greedy answers to every prompt up to the limit (does it stop by itself?).
 
 Run by verify.py as ``python -c BOOTSTRAP OUT_JSON MODEL_DIR PROMPTS_JSON MAX_NEW`` (BOOTSTRAP installs
 the import block before anything else is imported). Writes ``OUT_JSON`` and the logits beside it.
@@ -103,16 +103,28 @@ def main(argv: list[str]) -> int:
         halts.append({"eos_id": eos_id, "token": tok.convert_ids_to_tokens(eos_id), "generated": len(new),
                       "halted": len(new) == at + 1 and new[-1] == eos_id})
     result["forced_eos"] = halts
-    # 2) a plain greedy answer up to the limit: does it reach EOS by itself?
+    # 2) behaviour: greedy answers to every probe prompt (one batch, left-padded) up to the limit; which
+    #    ended by themselves (an end id from the saved generation config) and after how many tokens
     t1 = time.perf_counter()
-    out = model.generate(**ids, do_sample=False, max_new_tokens=max_new)
-    new = out[0, n:].tolist()
-    hit = next((k for k, t in enumerate(new) if t in eos_list), None)
-    result["greedy"] = {
-        "max_new_tokens": max_new, "generated": len(new), "reached_eos": hit is not None,
-        "eos_at": None if hit is None else hit + 1, "seconds": round(time.perf_counter() - t1, 2),
-        "text_head": tok.decode(new[: (hit if hit is not None else len(new))][:120], skip_special_tokens=False)[:300],
-    }
+    tok.padding_side = "left"
+    pad_id = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else tok.pad_token_id
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+        pad_id = tok.pad_token_id if pad_id is None else pad_id
+    batch = tok(prompts, return_tensors="pt", padding=True).to(device)
+    width = batch.input_ids.shape[1]
+    out = model.generate(**batch, do_sample=False, max_new_tokens=max_new, pad_token_id=pad_id)
+    answers = []
+    for row in out[:, width:].tolist():
+        hit = next((k for k, t in enumerate(row) if t in eos_list), None)
+        answers.append({"reached_eos": hit is not None, "eos_at": None if hit is None else hit + 1,
+                        "generated": len(row) if hit is None else hit + 1,
+                        "text_head": tok.decode(row[: (hit if hit is not None else len(row))][:120],
+                                                skip_special_tokens=False)[:300]})
+    seconds = round(time.perf_counter() - t1, 2)
+    result["answers"] = {"max_new_tokens": max_new, "seconds": seconds, "per_prompt": answers}
+    result["greedy"] = {"max_new_tokens": max_new, "seconds": seconds,   # the first prompt's, as before
+                        **{k: answers[0][k] for k in ("generated", "reached_eos", "eos_at", "text_head")}}
     result["imported"] = {name: name in sys.modules for name in BLOCKED}
     save_file(tensors, str(Path(out_json).with_suffix(".logits.safetensors")))
     Path(out_json).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
