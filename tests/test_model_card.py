@@ -15,7 +15,7 @@ from helpers import make_adapter
 from medtui_engine.merge.card import INTENDED_USE, render_card, write_card
 from medtui_engine.merge.plan import make_plan
 from medtui_engine.runs.events import EventWriter
-from medtui_engine.transcripts import DISCLAIMER
+from medtui_engine.notices import DISCLAIMER
 
 MOBILE = "13800138000"
 
@@ -90,7 +90,7 @@ def test_card_of_an_evaluated_run_with_an_identifier_scan(workspace: Path, adapt
     assert headings == ["# 20261201-090000-card-merged", "## Model", "## Training data", "### Identifier scan",
                         "## Training recipe", "## Training curves", "## Evaluation", "## Verification of the merge",
                         "## Versions", "## Intended use", "## Disclaimer", "## How it was made"]
-    assert f"> {DISCLAIMER}" in body and INTENDED_USE in body and "random-weight demo" not in body
+    assert body.count(DISCLAIMER) == 1 and INTENDED_USE in body  # said plainly, once and "random-weight demo" not in body
     assert "- File: `cases.jsonl`\n- sha256: `" + "cd" * 32 + "`" in body
     assert "Rows used: 40; training rows: 36; held-out evaluation rows: 4 (eval fraction 0.1, seed 7)" in body
     # identifiers: counts by kind, never a value

@@ -196,7 +196,7 @@ def render_card(plan: MergePlan, record: dict, versions: dict, merge: dict | Non
         front.append(f"license: {lic}")
     front.append("---")
 
-    out = [*front, "", f"# {name}", "", f"> {DISCLAIMER}", ""]
+    out = [*front, "", f"# {name}", ""]
     if plan.base_is_demo:
         out += ["> This model was merged on medtui's random-weight demo model: its output is noise. It exists to try "
                 "medtui end to end, never for answers.", ""]
