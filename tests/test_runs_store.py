@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from helpers import wait_for
 
-from medtui_engine.gpu import GpuProcess, GpuSnapshot, NvmlInfo
+from medtui_engine.gpu import GpuProcess, GpuSnapshot, NvmlInfo, process_argv
 from medtui_engine.runs.events import EventWriter
 from medtui_engine.runs.guard import busy_gpus
 from medtui_engine.runs.jobs import job_alive, launch_job, proc_start_time, read_job, request_stop, wait_job
@@ -156,6 +157,12 @@ def test_gpu_guard_reads_the_whole_command_line_of_a_finished_job(tmp_path):
                   ("finished", dict(step=3, adapter=str(done / "adapter"), runtime_s=1.0, final_loss=1.0)))
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "medtui_engine.train.job", str(done)])
     try:
+        # until the child has exec'd, /proc shows the parent's command line (NVML lists only processes
+        # that hold a CUDA context: those have long exec'd)
+        deadline = time.monotonic() + 30
+        while "medtui_engine.train.job" not in process_argv(proc.pid):
+            assert time.monotonic() < deadline, "the stand-in job never showed its command line"
+            time.sleep(0.02)
         name = " ".join([sys.executable, "-c", "import time; time.sleep(60)", "medtui_engine.train.job", str(done)])[:120]
         assert str(done) not in name  # the display name really is cut
         info = NvmlInfo(True, "580", "13.0", None, (_gpu(0, [GpuProcess(proc.pid, 20000.0, name)]),))
