@@ -129,8 +129,9 @@ def test_check_names_an_inconsistent_generation_config(demo_model: Path, tmp_pat
     assert "leaving out the template's end of turn <|im_end|> (151645)" in seed["value"]
     assert seed["fix"] == "set eos_token_id in generation_config.json to 151645"
     assert lines["stop tokens (chat)"]["verdict"] == "warning"
-    # the demo model itself: agrees
-    ok = subprocess.run([sys.executable, "-m", "medtui", "check", "--model", str(demo_model), "--seq", "256"],
-                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, stdin=subprocess.DEVNULL)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "stop tokens (seed)" in ok.stdout and "generation_config.json, tokenizer and template agree" in ok.stdout
+    # the demo model itself agrees (the same check lines, without running the whole machine check again)
+    from medtui_engine.envcheck import stop_token_lines
+
+    demo_lines = {ln.name: ln for ln in stop_token_lines(demo_model)}
+    assert demo_lines["stop tokens (seed)"].verdict == "ok", demo_lines
+    assert "generation_config.json, tokenizer and template agree" in demo_lines["stop tokens (seed)"].value
