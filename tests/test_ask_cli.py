@@ -30,6 +30,7 @@ def test_ask_json_compare_with_base(demo_model: Path, workspace: Path) -> None:
     assert sides == ["tuned", "base"]
     for a in out["answers"]:
         assert a["model"]["demo"] and "random weights, demo only" in a["model"]["label"]
+        assert 151645 in a["stop_ids"] and isinstance(a["notes"], list)  # <|im_end|> always stops
         st = a["stats"]
         assert st["output_tokens"] <= 6 and st["ttft_s"] > 0 and st["total_s"] > 0
         assert st["finish_reason"] in ("length", "eos") and set(a["sections_missing"]) <= {

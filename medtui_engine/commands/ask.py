@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(err):
             loaded = load_model(src, options, None if args.json else
                                 (lambda m, f: print(f"   loading: {m}", file=err, flush=True)))
+        if not args.json:
+            for note in loaded.notes:   # e.g. the end-of-turn token it also stops on (the stop-token contract)
+                print(f"   note: {note}", file=err, flush=True)
         cancel = threading.Event()
         result = None
         try:
@@ -145,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
                 "dtype": loaded.dtype,
                 "quantized": loaded.quantized,
                 "load_s": loaded.load_s,
+                "stop_ids": list(loaded.eos_ids),
+                "notes": list(loaded.notes),
                 "output": r.output,
                 "think": r.think,
                 "answer": r.answer,
