@@ -51,6 +51,10 @@ def test_trained_adapter_merges_verified(backend: str, workspace: Path, demo_mod
     assert json.loads((merged / "medtui.json").read_text()) == {k: v for k, v in prov.items() if k != "gguf"}
     assert prov["run_id"] == run.name and prov["trained_with"]["backend"] == backend and prov["adapter"]["step"] == 2
     assert prov["lora"]["r"] == 32 and prov["template"] == "seed"
+    # what was loaded, not what was asked: the 4-bit default trains in 16/32-bit where there is no CUDA
+    events_of_run = read_events(run / "events.jsonl")
+    device = next(e["device"] for e in events_of_run if e["type"] == "train_begin")
+    assert prov["trained_with"]["base_loaded_in_4bit"] is str(device).startswith("cuda")
     v = prov["verification"]
     assert v["passed"], v["failed_checks"]
     assert v["max_abs_logit_diff"] < 0.25 * v["adapter_effect_max_abs_logit"]

@@ -14,8 +14,8 @@ from helpers import make_adapter
 
 from medtui_engine.merge.card import INTENDED_USE, render_card, write_card
 from medtui_engine.merge.plan import make_plan
-from medtui_engine.runs.events import EventWriter
 from medtui_engine.notices import DISCLAIMER
+from medtui_engine.runs.events import EventWriter
 
 MOBILE = "13800138000"
 

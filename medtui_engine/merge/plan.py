@@ -253,7 +253,7 @@ def make_plan(source: str | os.PathLike[str], *, base: str | None = None, out: s
         base_label=model_label(base_dir), base_is_demo=is_demo_model(base_dir),
         base_architecture=", ".join(cfg.get("architectures") or [str(cfg.get("model_type", "?"))]),
         base_params=params, lora=lora, adapter_step=step if step is not None else meta.get("step"), adapter_kind=kind,
-        backend=meta.get("backend") or spec.get("backend"), trained_4bit=bool(spec.get("load_in_4bit")),
+        backend=meta.get("backend") or spec.get("backend"), trained_4bit=bool(meta.get("base_loaded_in_4bit", spec.get("load_in_4bit"))),
         method=method, method_reason=reason, disk_needed=needed, disk_free=free, out_exists=exists, force=force,
         gguf=gguf,
     )

@@ -213,7 +213,8 @@ def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_f
     return EventsCallback()
 
 
-def _write_adapter(model, tokenizer, run_dir: Path, spec: TrainSpec, backend: str, step: int) -> Path:
+def _write_adapter(model, tokenizer, run_dir: Path, spec: TrainSpec, backend: str, step: int,
+                   loaded_in_4bit: bool) -> Path:
     """Save the LoRA adapter to a temp dir, then rename it to ``adapter/`` (never half-written)."""
     import json
 
@@ -224,7 +225,9 @@ def _write_adapter(model, tokenizer, run_dir: Path, spec: TrainSpec, backend: st
     model.save_pretrained(str(tmp))
     meta = {"base_model": spec.model, "base_model_label": spec.model_label, "template": spec.template,
             "mask_prompt": spec.mask_prompt, "backend": backend, "step": step, "lora_r": spec.lora_r,
-            "lora_alpha": spec.lora_alpha, "max_seq_length": spec.max_seq_length, "run_id": run_dir.name}
+            "lora_alpha": spec.lora_alpha, "max_seq_length": spec.max_seq_length, "run_id": run_dir.name,
+            # what was loaded, not what was asked: on the CPU a 4-bit request trains in 16/32-bit
+            "base_loaded_in_4bit": bool(loaded_in_4bit)}
     (tmp / ADAPTER_META).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
     if final.exists():
         old = run_dir / f".{ADAPTER_DIR}.old"
@@ -390,7 +393,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
         writer.emit("stopped", step=step, checkpoint=ckpt, reason=stop.reason or "stop requested")
         print(f"stopped at step {step}; checkpoint {ckpt}", flush=True)
         return 0
-    adapter = _write_adapter(trainer.model, loaded.tokenizer, run_dir, spec, backend, step)
+    adapter = _write_adapter(trainer.model, loaded.tokenizer, run_dir, spec, backend, step, loaded.load_in_4bit)
     runtime = time.monotonic() - progress.t0
     peak = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
     if heartbeat is not None:
