@@ -84,3 +84,31 @@ def do_merge(app, run_dir: Path) -> None:
 
 def do_console(app, run_dir: Path) -> None:
     app.goto("console", run=str(run_dir))
+
+
+class RunActions:
+    """The run keys' actions (stop, resume, merge, console) for a view with a chosen run: the live
+    view and the Runs screen mix this in, say which run is chosen (``chosen_run``, which tells the
+    user when there is none) and what to refresh after a stop or resume (``after_run_action``)."""
+
+    def chosen_run(self) -> Path | None:
+        raise NotImplementedError
+
+    def after_run_action(self) -> None:
+        """Called once a stop or resume was asked for (poll now rather than at the next tick)."""
+
+    def action_stop(self) -> None:
+        if (rd := self.chosen_run()) is not None:
+            ask_stop(self.app, rd, after=self.after_run_action)
+
+    def action_resume(self) -> None:
+        if (rd := self.chosen_run()) is not None:
+            do_resume(self.app, rd, after=self.after_run_action)
+
+    def action_merge(self) -> None:
+        if (rd := self.chosen_run()) is not None:
+            do_merge(self.app, rd)
+
+    def action_console(self) -> None:
+        if (rd := self.chosen_run()) is not None:
+            do_console(self.app, rd)

@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from medtui_engine.jobs.status import JobStatus
 
-from ..run_actions import ask_stop, do_console, do_merge, do_resume
+from ..run_actions import RunActions
 from ..runwatch import RunIndex, RunRow
 from ..widgets.curves import PALETTE, ChartData, LineChart, Series, fmt_num
 from ..widgets.rows import rows_text
@@ -136,7 +136,7 @@ class CompareScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class RunsScreen(Screen):
+class RunsScreen(RunActions, Screen):
     CSS_PATH = "runs.tcss"
     BINDINGS = [
         Binding("a", "attach", "Attach", id="runs-attach", tooltip="Open the live view of this run (also enter)"),
@@ -310,7 +310,7 @@ class RunsScreen(Screen):
         self._preview()
 
     # ---- actions
-    def _need(self) -> Path | None:
+    def chosen_run(self) -> Path | None:
         rid = self.current_id()
         if rid is None:
             self.app.notify("No run selected", severity="warning")
@@ -318,7 +318,7 @@ class RunsScreen(Screen):
         return Path(self.rows[rid].summary.path)
 
     def action_attach(self) -> None:
-        if (rd := self._need()) is not None:
+        if (rd := self.chosen_run()) is not None:
             self.app.goto("train", run=str(rd))
 
     def action_mark(self) -> None:
@@ -337,18 +337,5 @@ class RunsScreen(Screen):
             return
         self.app.push_screen(CompareScreen(rows))
 
-    def action_stop(self) -> None:
-        if (rd := self._need()) is not None:
-            ask_stop(self.app, rd, after=self.poll_now)
-
-    def action_resume(self) -> None:
-        if (rd := self._need()) is not None:
-            do_resume(self.app, rd, after=self.poll_now)
-
-    def action_merge(self) -> None:
-        if (rd := self._need()) is not None:
-            do_merge(self.app, rd)
-
-    def action_console(self) -> None:
-        if (rd := self._need()) is not None:
-            do_console(self.app, rd)
+    def after_run_action(self) -> None:
+        self.poll_now()

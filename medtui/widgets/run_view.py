@@ -23,7 +23,7 @@ from medtui_engine.fmt import fmt_duration
 from medtui_engine.jobs.describe import NextSteps, describe_run_status
 from medtui_engine.jobs.status import JobStatus
 
-from ..run_actions import ask_stop, do_console, do_merge, do_resume
+from ..run_actions import RunActions
 from ..runwatch import RunSnapshot, RunWatcher
 from .curves import ChartData, LineChart, Series, fmt_num
 from .gauges import GaugeData, Spark, SparkData, VramGauge
@@ -103,7 +103,7 @@ def small_chart(title: str, xs, ys, color: str, snap: RunSnapshot, log_y: bool =
                      empty_text="-")
 
 
-class RunView(Vertical, can_focus=True):
+class RunView(RunActions, Vertical, can_focus=True):
     """Everything about one run, kept current by a RunWatcher."""
 
     BINDINGS = [
@@ -218,26 +218,14 @@ class RunView(Vertical, can_focus=True):
         self.query_one("#rv-log", LogTail).lines = snap.log_lines
 
     # ---- actions
-    def _need_run(self) -> Path | None:
+    def chosen_run(self) -> Path | None:
         if self.run_dir is None:
             self.app.notify("No run is shown: start one or attach from Runs (F5)", severity="warning")
         return self.run_dir
 
-    def action_stop(self) -> None:
-        if (rd := self._need_run()) is not None:
-            ask_stop(self.app, rd, after=self._poke)
-
-    def action_resume(self) -> None:
-        if (rd := self._need_run()) is not None:
-            do_resume(self.app, rd, after=self._poke)
-
-    def action_merge(self) -> None:
-        if (rd := self._need_run()) is not None:
-            do_merge(self.app, rd)
-
-    def action_console(self) -> None:
-        if (rd := self._need_run()) is not None:
-            do_console(self.app, rd)
+    def after_run_action(self) -> None:
+        if self.watcher is not None:
+            self.watcher.poke()
 
     def action_log_scale(self) -> None:
         self.log_y = not self.log_y
@@ -246,8 +234,5 @@ class RunView(Vertical, can_focus=True):
         if self.snapshot is not None:
             self.query_one("#rv-loss", LineChart).data = loss_chart(self.snapshot, log_y)
 
-    def _poke(self) -> None:
-        if self.watcher is not None:
-            self.watcher.poke()
 
 
