@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from textual.binding import Binding
+
 from medtui_engine.train.spec import TrainSpec
 
 from .widgets.confirm import Confirm
@@ -84,6 +86,17 @@ def do_merge(app, run_dir: Path) -> None:
 
 def do_console(app, run_dir: Path) -> None:
     app.goto("console", run=str(run_dir))
+
+
+def run_action_bindings(id_prefix: str, which: str) -> list[Binding]:
+    """The keys of :class:`RunActions`, for a view whose chosen run is ``which`` ("the run", "this run")."""
+    return [
+        Binding("s", "stop", "Stop", id=f"{id_prefix}-stop", tooltip=f"Stop {which} gracefully (asks first)"),
+        Binding("r", "resume", "Resume", id=f"{id_prefix}-resume", tooltip=f"Resume {which} from its newest checkpoint"),
+        Binding("m", "merge", "Merge", id=f"{id_prefix}-merge", tooltip=f"Merge {which}'s adapter into the base model"),
+        Binding("o", "console", "Console", id=f"{id_prefix}-console",
+                tooltip=f"Open the console with {which}'s adapter"),
+    ]
 
 
 class RunActions:

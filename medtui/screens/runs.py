@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from medtui_engine.jobs.status import JobStatus
 
-from ..run_actions import RunActions
+from ..run_actions import RunActions, run_action_bindings
 from ..runwatch import RunIndex, RunRow
 from ..widgets.curves import PALETTE, ChartData, LineChart, Series, fmt_num
 from ..widgets.rows import rows_text
@@ -142,10 +142,7 @@ class RunsScreen(RunActions, Screen):
         Binding("a", "attach", "Attach", id="runs-attach", tooltip="Open the live view of this run (also enter)"),
         Binding("space", "mark", "Mark", id="runs-mark", tooltip="Mark runs to compare"),
         Binding("c", "compare", "Compare", id="runs-compare", tooltip="Overlay the loss curves of the marked runs"),
-        Binding("s", "stop", "Stop", id="runs-stop", tooltip="Stop this run gracefully (asks first)"),
-        Binding("r", "resume", "Resume", id="runs-resume", tooltip="Resume this run from its newest checkpoint"),
-        Binding("m", "merge", "Merge", id="runs-merge", tooltip="Merge this run's adapter into the base model"),
-        Binding("o", "console", "Console", id="runs-console", tooltip="Open the console with this run's adapter"),
+        *run_action_bindings("runs", "this run"),
     ]
 
     @dataclass

@@ -23,7 +23,7 @@ from medtui_engine.fmt import fmt_duration
 from medtui_engine.jobs.describe import NextSteps, describe_run_status
 from medtui_engine.jobs.status import JobStatus
 
-from ..run_actions import RunActions
+from ..run_actions import RunActions, run_action_bindings
 from ..runwatch import RunSnapshot, RunWatcher
 from .curves import ChartData, LineChart, Series, fmt_num
 from .gauges import GaugeData, Spark, SparkData, VramGauge
@@ -107,10 +107,7 @@ class RunView(RunActions, Vertical, can_focus=True):
     """Everything about one run, kept current by a RunWatcher."""
 
     BINDINGS = [
-        Binding("s", "stop", "Stop", id="run-stop", tooltip="Stop the run gracefully (asks first)"),
-        Binding("r", "resume", "Resume", id="run-resume", tooltip="Resume from the newest checkpoint"),
-        Binding("m", "merge", "Merge", id="run-merge", tooltip="Merge the adapter into the base model"),
-        Binding("o", "console", "Console", id="run-console", tooltip="Open the console with this run's adapter"),
+        *run_action_bindings("run", "the run"),
         Binding("g", "log_scale", "Log scale", id="run-log", tooltip="Loss on a log scale (toggle)"),
     ]
 
