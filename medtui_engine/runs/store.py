@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..jobs.status import STALL_AFTER_S, JobStatus, resolve_job_status  # noqa: F401 (STALL_AFTER_S lived here)
+from ..jobs.status import JobStatus, resolve_job_status
 from .events import read_events
 from .jobs import job_alive, read_job
 from .state import RunState, fold
