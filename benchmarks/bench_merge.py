@@ -127,7 +127,7 @@ def product_merge(base: Path, adapter: Path, out: Path, job_dir: Path, verify: b
            "method": plan.method, "sha256_while_writing": True}
     if verify:
         t1 = time.perf_counter()
-        record = run_verify(plan, tmp, job_dir, max_new_tokens=verify_tokens, require_natural_eos=False)
+        record = run_verify(plan, tmp, job_dir, max_new_tokens=verify_tokens)
         res["verify_s"] = round(time.perf_counter() - t1, 2)
         res["verification"] = {k: record[k] for k in ("passed", "failed_checks", "max_abs_logit_diff", "top1_agreement",
                                                       "decisive_positions", "top1_agreement_decisive", "positions",

@@ -165,18 +165,15 @@ BEHAVIOUR_FIX = ("train longer or on more cases, check that the training answers
                  "turn (`medtui validate`), or raise --verify-tokens if the answers are simply long")
 
 
-def verify(plan: MergePlan, model_dir: Path, work: Path, max_new_tokens: int | None = None,
-           require_natural_eos: bool | None = None) -> dict:
+def verify(plan: MergePlan, model_dir: Path, work: Path, max_new_tokens: int | None = None) -> dict:
     """Run every check on the (not yet installed) merged directory; returns the record for medtui.json.
 
     ``passed`` is the correctness verdict only; how the model's answers end is ``behaviour`` (with a
-    ``warning`` when some were cut off). ``require_natural_eos`` is accepted and ignored: a model that
-    does not stop by itself is installed with a warning."""
+    ``warning`` when some were cut off): a model that does not stop by itself is installed with a warning."""
     from transformers import AutoTokenizer
 
     from ..stoptokens import contract_for_dir
 
-    del require_natural_eos
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     prompts = render_prompts(plan.template, tok)
