@@ -24,7 +24,7 @@ def test_check_json_reports_the_gpus_and_exits_0(workspace):
     report = json.loads(out.stdout)
     gpus = nvidia_gpus()
     assert report["gpu_found"] is (gpus > 0)
-    assert report["verdict"] in ("ok", "warning")
+    assert report["verdict"] in ("ok", "info", "warning")   # nothing is a problem: exit 0
     names = {ln["name"]: ln for ln in report["lines"]}
     if gpus:
         assert f"{gpus} found" in names["GPUs"]["value"], names["GPUs"]

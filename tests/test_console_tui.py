@@ -4,6 +4,7 @@ watch it stream, stop it, compare tuned with base, save the transcript and read 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,12 +122,14 @@ async def test_stop_mid_generation(demo_model: Path, workspace: Path) -> None:
         await pilot.press("enter")
         await wait_for_screen_gone(pilot, picker)
         assert "吞咽困难" in scr.query_one("#console-case", TextArea).text
+        # long enough that the stop always comes first, even where a GPU writes the demo's tokens in a blink
+        scr.settings = replace(scr.settings, max_new_tokens=8000)
         await pilot.press("ctrl+j")
         await wait_for(pilot, lambda: scr.stream_updates >= 1 and scr.state == "answering", "the answer to stream")
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: scr.state == "idle", "the answer to stop")
         view = scr.tuned_view
-        assert view.stats.finish_reason == "cancelled" and view.stats.output_tokens < 1024
+        assert view.stats.finish_reason == "cancelled" and view.stats.output_tokens < 8000
         assert "stopped" in str(view.query_one(".answer-stats", Static).render())
 
 

@@ -39,7 +39,9 @@ def test_medtui_bench_runs_the_benchmark_of_the_source_tree(tmp_path: Path, demo
 def test_medtui_bench_without_the_source_tree_says_where_benchmarks_live(tmp_path: Path) -> None:
     # the engine alone, as an installed wheel has it: no benchmarks/ beside the package
     shutil.copytree(ROOT / "medtui_engine", tmp_path / "medtui_engine", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # the libraries stay where they are installed (a site-packages, or a PYTHONPATH entry); the source tree goes
+    kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *kept])}
     cmd = [sys.executable, "-m", "medtui_engine.cli", "bench"]
     helped = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120, cwd=str(tmp_path), env=env)
     assert helped.returncode == 0, helped.stderr
