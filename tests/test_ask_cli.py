@@ -25,7 +25,8 @@ def test_ask_json_compare_with_base(demo_model: Path, workspace: Path) -> None:
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["disclaimer"].startswith("Model answers are for clinicians to assess")
-    assert out["sampling"] == {"temperature": 0.3, "top_p": 0.9, "max_new_tokens": 6, "seed": 1, "top_k": 50}
+    assert out["sampling"] == {"temperature": 0.3, "top_p": 0.9, "max_new_tokens": 6, "seed": 1, "top_k": 50,
+                               "repetition_penalty": None}
     sides = [a["side"] for a in out["answers"]]
     assert sides == ["tuned", "base"]
     for a in out["answers"]:

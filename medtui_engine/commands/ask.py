@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--top-k", type=int, default=d.top_k, help=f"0 = off (default {d.top_k})")
     s.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, metavar="N", help=f"default {d.max_new_tokens}")
     s.add_argument("--seed", type=int, metavar="S", help="random seed, for repeatable sampling")
+    s.add_argument("--repetition-penalty", type=float, metavar="P",
+                   help="1 = off (default: the model's generation config; every decode path applies the same)")
     e = parser.add_argument_group("engine")
     e.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: transformers with medtui's CUDA-graph decode loop (fastest measured); unsloth: Unsloth's fast inference")
     e.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load the weights in 4-bit (GPU only)")
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from ..sections import SECTION_LABELS, find_sections
 
     ctx = load_context(args.workspace, args.config)
-    settings = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens, args.seed, args.top_k).checked()
+    settings = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens, args.seed, args.top_k,
+                                args.repetition_penalty).checked()
     question = _read_case(args)
     tuned = resolve_source(args.model, ctx.runs_dir, ctx.merged_dir, args.base)
     if args.template:

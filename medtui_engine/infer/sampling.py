@@ -14,6 +14,8 @@ class SamplingSettings:
     """The seed's console defaults: sampling at temperature 0.3, top_p 0.9, up to 1024 new tokens.
 
     top_k 50 is what the seed's ``pipeline`` applied without saying (transformers' default); 0 turns it off.
+    ``repetition_penalty`` None takes the model's own (its ``generation_config.json``; Qwen2.5-Instruct
+    ships 1.05), else 1.0: every decode path applies the same value (:func:`resolve_repetition_penalty`).
     """
 
     temperature: float = 0.3
@@ -21,6 +23,7 @@ class SamplingSettings:
     max_new_tokens: int = 1024
     seed: int | None = None
     top_k: int = 50  # 0: off
+    repetition_penalty: float | None = None  # None: the model's generation config (1.0 where it has none)
 
     def problems(self) -> list[str]:
         out = []
@@ -32,6 +35,9 @@ class SamplingSettings:
             out.append("max_new_tokens must be a whole number from 1 to 32768")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             out.append("top_k must be 0 (off) or a positive whole number")
+        rp = self.repetition_penalty
+        if rp is not None and not (isinstance(rp, (int, float)) and math.isfinite(rp) and 0.5 <= rp <= 2):
+            out.append("repetition_penalty must be between 0.5 and 2 (1 = off), or empty for the model's own")
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             out.append("seed must be a non-negative whole number, or empty")
         return out
@@ -51,11 +57,35 @@ class SamplingSettings:
 
 
 
-def sample_next(logits, settings: SamplingSettings, generator, suppress):
-    """One next token id on the device (shape (1, 1)); no host synchronisation."""
+def resolve_repetition_penalty(settings: SamplingSettings, model) -> float:
+    """The penalty every path applies: the setting, else the model's generation config, else 1.0."""
+    if settings.repetition_penalty is not None:
+        return float(settings.repetition_penalty)
+    cfg = getattr(model, "generation_config", None)
+    value = getattr(cfg, "repetition_penalty", None)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 1.0
+
+
+def apply_repetition_penalty(logits, seen, penalty: float):
+    """transformers' rule (CTRL, Keskar et al. 2019), in place: the logit of every token already in the
+    prompt or the answer is divided by ``penalty`` where positive, multiplied where negative."""
+    import torch
+
+    score = logits.gather(-1, seen)
+    score = torch.where(score < 0, score * penalty, score / penalty)
+    logits.scatter_(-1, seen, score)
+    return logits
+
+
+def sample_next(logits, settings: SamplingSettings, generator, suppress, seen=None, penalty: float = 1.0):
+    """One next token id on the device (shape (1, 1)); no host synchronisation.
+
+    ``seen`` (shape (1, n)): the ids so far, for a ``penalty`` other than 1.0."""
     import torch
 
     logits = logits.float()
+    if seen is not None and penalty != 1.0:
+        apply_repetition_penalty(logits, seen, penalty)
     if suppress is not None:
         logits.index_fill_(-1, suppress, float("-inf"))
     if settings.greedy:

@@ -32,7 +32,7 @@ from ..sections import split_think
 from ..templates import generation_prefix, render_prompt
 from .decoder import StaticDecoder
 from .loader import LoadedModel
-from .sampling import SamplingSettings, make_generator, sample_next
+from .sampling import SamplingSettings, make_generator, resolve_repetition_penalty, sample_next
 
 DECODE_MODES = ("auto", "graph", "eager", "generate")
 
@@ -188,6 +188,9 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
     if limit and n_prompt + max_new > limit:
         max_new = limit - n_prompt
         notes.append(f"max_new_tokens lowered to {max_new} to fit the model's context of {limit}")
+    penalty_note = repetition_penalty_note(settings, loaded.model)
+    if penalty_note:
+        notes.append(penalty_note)
 
     if path == "generate":
         token_iter = _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos)
@@ -251,6 +254,15 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
                                       loaded.label, settings))
 
 
+def repetition_penalty_note(settings: SamplingSettings, model) -> str | None:
+    """Said in the stats when the model's own generation config sets the penalty (1.0 says nothing)."""
+    if settings.repetition_penalty is None:
+        value = resolve_repetition_penalty(settings, model)
+        if value != 1.0:
+            return f"repetition penalty {value:g} (the model's generation config)"
+    return None
+
+
 def answer(loaded: LoadedModel, question: str, settings: SamplingSettings | None = None, **kw) -> GenerationResult:
     """The whole answer at once (evaluation, tests)."""
     result = None
@@ -284,13 +296,26 @@ def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings,
     cuda = loaded.device == "cuda"
     host = torch.empty((1, 1), dtype=torch.long, pin_memory=cuda)
     ready = torch.cuda.Event() if cuda else None
+    penalty = resolve_repetition_penalty(settings, model)
+    n_prompt = int(input_ids.shape[1])
+    # the ids so far, on the device, for the repetition penalty (as generate applies it)
+    history = None
+    if penalty != 1.0:
+        history = torch.empty((1, n_prompt + max_new + 1), dtype=torch.long, device=loaded.device)
+        history[:, :n_prompt] = input_ids
+
+    def pick(logits, n_seen: int):
+        seen = history[:, :n_seen] if history is not None else None
+        return sample_next(logits, settings, gen, suppress, seen, penalty)
 
     with torch.no_grad():
-        dec.prepare(int(input_ids.shape[1]) + max_new + 1)
+        dec.prepare(n_prompt + max_new + 1)
         logits = dec.prefill(input_ids)
-        tok = sample_next(logits, settings, gen, suppress)
+        tok = pick(logits, n_prompt)
         produced = 0
         while True:
+            if history is not None:
+                history[:, n_prompt + produced] = tok.reshape(-1)
             host.copy_(tok, non_blocking=cuda)
             if cuda:
                 ready.record()
@@ -301,7 +326,7 @@ def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings,
                 # (Not for the first token: nothing may stand between the prefill and the user's first
                 # token; measured on an H100, queueing the step first cost ~55 ms of time to first token.)
                 logits = dec.step(tok)
-                tok = sample_next(logits, settings, gen, suppress)
+                tok = pick(logits, n_prompt + produced)
                 if cuda:
                     ready.synchronize()
                 tid = int(host.item())
@@ -318,7 +343,7 @@ def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings,
             logits = dec.step(tok)
             if dec.graph_failed and not any(n.startswith("CUDA graph off") for n in notes):
                 notes.append(f"CUDA graph off ({dec.graph_failed}); decoding eagerly")
-            tok = sample_next(logits, settings, gen, suppress)
+            tok = pick(logits, n_prompt + produced)
 
 
 # ---------------------------------------------------------------- generate() in a helper thread
@@ -372,6 +397,8 @@ def _tokens_via_generate(loaded: LoadedModel, input_ids, settings: SamplingSetti
     else:
         kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
                       top_k=settings.top_k or None)
+    # explicit, so that generate applies what the other paths apply (not only what the model's config says)
+    kwargs["repetition_penalty"] = resolve_repetition_penalty(settings, loaded.model)
     if ignore_eos:
         kwargs["min_new_tokens"] = max_new
     failure: list[BaseException] = []

@@ -1,0 +1,146 @@
+"""Many cases at once: prompts padded on the left and decoded together by ``generate``, each case
+stopping at its own end token, for the evaluation and comparisons (not the console, which streams).
+
+Greedy answers equal the one-at-a-time answers within numerics (a test holds them to it). Cases are
+sorted by prompt length before batching so that a batch pads little, and come back in the order given.
+The sampling is the same as on every other path (``SamplingSettings``, the repetition penalty resolved
+once). The batch's wall time is shared by its cases: ``BatchResult`` says how many cases a minute.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..errors import UserError
+from .loader import LoadedModel
+from .sampling import SamplingSettings, resolve_repetition_penalty
+from .stream import (
+    GenerationResult,
+    GenerationStats,
+    IncrementalDetokenizer,
+    build_prompt,
+    repetition_penalty_note,
+)
+
+DEFAULT_BATCH = 16
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    results: list[GenerationResult]   # in the order of the questions given (after a cancel: those answered)
+    seconds: float
+    batches: int
+
+    @property
+    def cases_per_minute(self) -> float | None:
+        return 60.0 * len(self.results) / self.seconds if self.seconds > 0 and self.results else None
+
+
+class _Cancel:
+    """generate's stopping criterion: every row stops when the user's cancel is set."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: SamplingSettings | None = None, *,
+                 batch_size: int = DEFAULT_BATCH, cancel: threading.Event | None = None,
+                 on_batch: Callable[[list[int], list[GenerationResult]], None] | None = None) -> BatchResult:
+    """Answer ``questions`` ``batch_size`` at a time. ``on_batch(indices, results)`` is called after each
+    batch (a job saves those answers at once); a cancelled batch's cases come back with finish_reason
+    "cancelled" and the rest are not started."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    settings = (settings or SamplingSettings()).checked()
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1 (got {batch_size})")
+    cancel = cancel or threading.Event()
+    tok = loaded.tokenizer
+    prompts = [build_prompt(loaded, q) for q in questions]
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    eos = list(loaded.eos_ids)
+    eos_set = set(eos)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
+    penalty = resolve_repetition_penalty(settings, loaded.model)
+    penalty_note = repetition_penalty_note(settings, loaded.model)
+    results: list[GenerationResult | None] = [None] * len(prompts)
+    t_all = time.perf_counter()
+    batches = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        if cancel.is_set():
+            break
+        batches += 1
+        longest = max(lengths[i] for i in idx)
+        max_new = settings.max_new_tokens
+        notes: list[str] = [penalty_note] if penalty_note else []
+        if limit and longest >= limit:
+            worst = max(idx, key=lambda i: lengths[i])
+            raise UserError(f"case {worst + 1}: the prompt is {longest} tokens, more than the model's context of "
+                            f"{limit}: shorten it")
+        if limit and longest + max_new > limit:
+            max_new = limit - longest
+            notes.append(f"max_new_tokens lowered to {max_new} to fit the model's context of {limit}")
+        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, padding_side="left",
+                  add_special_tokens=False)
+        input_ids = enc["input_ids"].to(loaded.device)
+        mask = enc["attention_mask"].to(loaded.device)
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, eos_token_id=eos,
+                      pad_token_id=pad_id, repetition_penalty=penalty,
+                      stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
+        if settings.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
+                          top_k=settings.top_k or None)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            out = loaded.model.generate(**kwargs)
+        seconds = time.perf_counter() - t0
+        new = out[:, input_ids.shape[1]:].tolist()
+        done: list[GenerationResult] = []
+        for row, i in enumerate(idx):
+            ids = new[row]
+            end = next((n for n, t in enumerate(ids) if t in eos_set), None)
+            if end is not None:
+                ids, finish = ids[:end], "eos"
+            elif len(ids) >= max_new:
+                finish = "length"
+            else:  # generate stopped this row early without an end token: only the cancel does that
+                finish = "cancelled"
+            text = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            stats = GenerationStats(
+                prompt_tokens=lengths[i], output_tokens=len(ids), ttft_s=None, total_s=seconds,
+                decode_tokens_per_s=None, finish_reason=finish, think_tokens=_think_tokens(tok, ids),
+                decode_path=f"batched ({len(idx)})", notes=tuple(notes))
+            result = GenerationResult(questions[i], prompts[i], loaded.source.template, text, stats, loaded.label,
+                                      settings)
+            results[i] = result
+            done.append(result)
+        if on_batch is not None:
+            on_batch(list(idx), done)
+    return BatchResult([r for r in results if r is not None], time.perf_counter() - t_all, batches)
+
+
+def _think_tokens(tok, ids: list[int]) -> int | None:
+    """Tokens up to and including the one that closes ``</think>``, counted as the streaming path counts."""
+    detok = IncrementalDetokenizer(tok)
+    tail = ""
+    for n, t in enumerate(ids, start=1):
+        tail = (tail + detok.push(t))[-16:]
+        if "</think>" in tail:
+            return n
+    return None
