@@ -310,7 +310,11 @@ def markdown(report: dict) -> str:
     if pair:
         lines += [f"- **{key}**: {v}" for key, v in STATS_METHODS.items() if key != "samples" or k > 1]
     lines += ["- No judge model was used: whether a diagnosis is right beyond these rules, and whether a treatment is "
-              "feasible, need a clinician's review of the answers in report.json.", ""]
+              "feasible, need a clinician's review (`medtui review export` writes a blinded review pack).", ""]
+    if report.get("clinician"):  # added by `medtui review import`
+        from .review import clinician_markdown
+
+        lines += clinician_markdown(report) + [""]
     return "\n".join(lines)
 
 
