@@ -195,6 +195,12 @@ def test_filled_csv_imported(report, built, tmp_path):
     assert cl["reviewers"]["dr-li"]["models"]["base"]["diagnosis_correct"]["k"] == 3  # kept per reviewer
     assert cl["pooled"]["preference"]["counts"]["tuned"] == 14
     assert "Reviewer dr-wang:" in (report / "report.md").read_text(encoding="utf-8")
+    # scoring the same answers again into the report keeps the review
+    run = medtui("eval", "score", str(report / "answers-tuned.jsonl"), "--base", str(report / "answers-base.jsonl"),
+                 "--out", str(report), env=built["env"])
+    assert run.returncode == 0, run.stderr
+    assert json.loads((report / "report.json").read_text(encoding="utf-8"))["clinician"] == cl
+    assert "Reviewer dr-wang:" in (report / "report.md").read_text(encoding="utf-8")
 
 
 def test_bad_rows_name_row_and_column(report, built, tmp_path):

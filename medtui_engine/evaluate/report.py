@@ -328,6 +328,7 @@ def write_report(report: dict, answers: dict[str, list[dict]], final: Path) -> P
             from ..errors import UserError
 
             raise UserError(f"{final}: exists and is not a directory; give --out a directory")
+        _keep_clinician_review(final / "report.json", report)
         for name, rows in answers.items():
             write_answers(final / f"answers-{name}.jsonl", rows)
         _write_text(final / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
@@ -345,6 +346,23 @@ def write_report(report: dict, answers: dict[str, list[dict]], final: Path) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _keep_clinician_review(old_path: Path, report: dict) -> None:
+    """Scoring the same answers again into their report keeps the clinicians' judgements (`medtui review import`);
+    judgements of other answers are not carried over."""
+    try:
+        old = json.loads(old_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict) or not old.get("clinician") or "clinician" in report:
+        return
+
+    def outputs(r: dict) -> dict:
+        return {n: {c.get("id"): c.get("output") for c in m.get("cases") or []} for n, m in (r.get("models") or {}).items()}
+
+    if outputs(old) == outputs(report):
+        report["clinician"] = old["clinician"]
 
 
 def _write_text(path: Path, text: str) -> None:
