@@ -10,11 +10,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from medtui_engine.errors import UserError
+from medtui_engine.evaluate.judge import parse_verdicts, run_judge
 from medtui_engine.evaluate.review import KEY_PREFIX, import_review
 from medtui_engine.notices import DISCLAIMER
 
@@ -248,3 +250,34 @@ def test_one_model_report(built, tmp_path):
     r = import_review(report, filled)
     rate = r.report["clinician"]["pooled"]["models"]["model"]["basis_complete"]
     assert (rate["k"], rate["n"]) == (7, 8) and r.report["clinician"]["pooled"]["paired"] is None
+
+
+def test_judge_verdicts_are_read_strictly():
+    assert parse_verdicts("diagnosis_correct: yes\nbasis_complete: no\n**differential_adequate**: Yes\n"
+                          "treatment_feasible：否") == {"diagnosis_correct": True, "basis_complete": False,
+                                                      "differential_adequate": True, "treatment_feasible": False}
+    # the format echoed back is no verdict; inside the think block nothing counts; the last verdict wins
+    assert parse_verdicts("diagnosis_correct: yes or no (Is the ...)\nbasis_complete: yes/no") == {}
+    assert parse_verdicts("<think>diagnosis_correct: yes</think>\ndiagnosis_correct: no\ndiagnosis_correct: yes") == {
+        "diagnosis_correct": True}
+
+
+def test_judge_model_columns_are_the_judges(built, tmp_path, demo_model):
+    report = tmp_path / "report"
+    shutil.copytree(built["paired"], report)
+    t0 = time.perf_counter()
+    result = run_judge(report, str(demo_model), max_new_tokens=6, limit=2)
+    print(f"judge: {result['answers']} answers in {time.perf_counter() - t0:.1f} s (demo model, CPU, load included)")
+    saved = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    assert "clinician" not in saved
+    (label,) = saved["judge"]["judges"]
+    j = saved["judge"]["judges"][label]
+    assert result["answers"] == j["answers"] == 4 and "random weights" in label  # 2 cases x 2 answers
+    assert sum(len(v) for v in j["raw"].values()) == 4
+    assert {e["label"] for m in j["models"].values() for e in m.values()} == {f"judge: {k.replace('_', ' ')}"
+                                                                            for k in JUDGEMENTS}
+    judged = sum(e["n"] for m in j["models"].values() for e in m.values())
+    assert judged + j["verdicts_missing"] == 4 * 4  # every verdict is either read or counted missing
+    md = (report / "report.md").read_text(encoding="utf-8")
+    assert "## Judge model (a model's opinion, not a clinician's)" in md and "| judge: diagnosis correct |" in md
+    assert "## Clinician review" not in md and "random weights: its verdicts mean nothing" in md

@@ -9,6 +9,9 @@
       n and 95% intervals, paired differences, preferences) to report.json and report.md. Each CSV is one
       reviewer (named after the file unless --reviewer); the report keeps each reviewer and the pooled rates.
       The CSV is only read.
+  medtui review judge REPORT_DIR --model DIR|RUN|demo [--rubric FILE] [--max-new-tokens N] [--limit N]
+      optional: a local model reads each answer alone with a rubric and answers the same four judgements;
+      its columns are labelled as the judge's, apart from the clinicians'.
 """
 
 from __future__ import annotations
@@ -36,11 +39,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--replace", action="store_true",
                    help="replace the judgements of a reviewer already imported from another file")
     add_common(s)
+    s = sub.add_parser("judge", help="a local judge model answers the review's judgements (labelled as the judge's)")
+    s.add_argument("report", metavar="REPORT_DIR", help="the folder `medtui eval` (or `eval score`) wrote")
+    s.add_argument("--model", required=True, metavar="DIR|RUN|demo", help="the judge: a model directory or a run")
+    s.add_argument("--rubric", metavar="FILE", help="a rubric text with {question} and {answer} (and optionally "
+                   "{reference} and {criteria}) in it (default: the built-in rubric)")
+    s.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="longest verdict (default %(default)s)")
+    s.add_argument("--limit", type=int, metavar="N", help="only the first N cases (to try a judge out)")
+    add_common(s)
+
+
+def _judge(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..context import load_context
+    from ..evaluate.judge import judge_message, run_judge
+
+    ctx = load_context(args.workspace, args.config)
+    progress = None if args.json else (lambda m: print(f"  ... {m}", file=sys.stderr, flush=True))
+    result = run_judge(Path(args.report).expanduser(), args.model,
+                       rubric_file=Path(args.rubric).expanduser() if args.rubric else None,
+                       max_new_tokens=args.max_new_tokens, runs_dir=ctx.runs_dir, merged_dir=ctx.merged_dir,
+                       limit=args.limit, progress=progress)
+    if args.json:
+        print_json({k: (str(v) if isinstance(v, Path) else v) for k, v in result.items() if k != "report"}
+                   | {"judge_block": result["report"]["judge"]["judges"][result["judge"]]})
+    else:
+        print(judge_message(result))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate.review import export_message, export_review, import_message, import_review
 
+    if args.review_action == "judge":
+        return _judge(args)
     if args.review_action == "export":
         r = export_review(Path(args.report).expanduser(), Path(args.out).expanduser() if args.out else None,
                           args.seed)

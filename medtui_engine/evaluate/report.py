@@ -311,10 +311,10 @@ def markdown(report: dict) -> str:
         lines += [f"- **{key}**: {v}" for key, v in STATS_METHODS.items() if key != "samples" or k > 1]
     lines += ["- No judge model was used: whether a diagnosis is right beyond these rules, and whether a treatment is "
               "feasible, need a clinician's review (`medtui review export` writes a blinded review pack).", ""]
-    if report.get("clinician"):  # added by `medtui review import`
-        from .review import clinician_markdown
+    if report.get("clinician") or report.get("judge"):  # added by `medtui review import` / `review judge`
+        from .review import review_markdown
 
-        lines += clinician_markdown(report) + [""]
+        lines += review_markdown(report) + [""]
     return "\n".join(lines)
 
 
@@ -349,20 +349,22 @@ def write_report(report: dict, answers: dict[str, list[dict]], final: Path) -> P
 
 
 def _keep_clinician_review(old_path: Path, report: dict) -> None:
-    """Scoring the same answers again into their report keeps the clinicians' judgements (`medtui review import`);
-    judgements of other answers are not carried over."""
+    """Scoring the same answers again into their report keeps the clinicians' and the judge model's judgements
+    (`medtui review import`, `medtui review judge`); judgements of other answers are not carried over."""
     try:
         old = json.loads(old_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    if not isinstance(old, dict) or not old.get("clinician") or "clinician" in report:
+    if not isinstance(old, dict) or not (old.get("clinician") or old.get("judge")):
         return
 
     def outputs(r: dict) -> dict:
         return {n: {c.get("id"): c.get("output") for c in m.get("cases") or []} for n, m in (r.get("models") or {}).items()}
 
     if outputs(old) == outputs(report):
-        report["clinician"] = old["clinician"]
+        for key in ("clinician", "judge"):
+            if old.get(key) and key not in report:
+                report[key] = old[key]
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -570,12 +570,13 @@ def _case_diffs(reviewers: dict[str, dict], first: str, second: str, key: str) -
     return {cid: sum(v) / len(v) for cid, v in acc.items()}, b, c
 
 
-def summarise(reviewers: dict[str, dict], models: list[str]) -> dict:
-    """Rates, paired differences and preferences for a set of reviewers (one reviewer: per-reviewer figures)."""
+def summarise(reviewers: dict[str, dict], models: list[str], who: str = "clinician") -> dict:
+    """Rates, paired differences and preferences for a set of reviewers (one reviewer: per-reviewer figures);
+    ``who`` labels the columns (a clinician's, or the judge model's)."""
     single = len(reviewers) == 1
     out: dict = {"n_reviewers": len(reviewers), "models": {}, "paired": None, "preference": None}
     for m in models:
-        out["models"][m] = {j.key: {"label": f"clinician: {j.label}", **_rate(list(_case_means(reviewers, m, j.key).values()),
+        out["models"][m] = {j.key: {"label": f"{who}: {j.label}", **_rate(list(_case_means(reviewers, m, j.key).values()),
                                                                               not single)}
                             for j in JUDGEMENTS}
     if len(models) == 2:
@@ -584,7 +585,7 @@ def summarise(reviewers: dict[str, dict], models: list[str]) -> dict:
         for j in JUDGEMENTS:
             diffs, b, c = _case_diffs(reviewers, first, second, j.key)
             xs = list(diffs.values())
-            entry = {"label": f"clinician: {j.label}", "kind": "rate", "n": len(xs),
+            entry = {"label": f"{who}: {j.label}", "kind": "rate", "n": len(xs),
                      "diff": sum(xs) / len(xs) if xs else None, "ci95": None}
             if xs:
                 ci = PairedBootstrap(len(xs)).interval(xs)
@@ -672,7 +673,7 @@ def _pref_line(pref: dict | None) -> str:
     return f"preferred: {counts} (n = {pref['n']}" + (f"; sign test p = {p:.3g}" if p is not None else "") + ")"
 
 
-def _table(block: dict, models: list[str]) -> list[str]:
+def _table(block: dict, models: list[str], who: str = "clinician") -> list[str]:
     pair = block.get("paired")
     if pair:
         lines = ["| judgement | " + " | ".join(models) + " | difference (95% paired bootstrap CI) | McNemar exact |",
@@ -680,7 +681,7 @@ def _table(block: dict, models: list[str]) -> list[str]:
     else:
         lines = ["| judgement | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 1)]
     for j in JUDGEMENTS:
-        row = f"| clinician: {j.label} | " + " | ".join(_fmt(block["models"][m][j.key]) for m in models)
+        row = f"| {who}: {j.label} | " + " | ".join(_fmt(block["models"][m][j.key]) for m in models)
         if pair:
             e = pair["measures"][j.key]
             row += f" | {_fmt_diff(e)} (n={e['n']}) | {_fmt_p(e)}" if e["diff"] is not None else " | | "
@@ -714,10 +715,33 @@ def clinician_markdown(report: dict, per_reviewer: bool = True) -> list[str]:
     return lines
 
 
+def judge_markdown(report: dict, methods: bool = True) -> list[str]:
+    """The report's judge-model section, from report['judge']: always labelled as a model's, apart from clinicians."""
+    jb = report.get("judge")
+    if not jb or not jb.get("judges"):
+        return []
+    models = list(report["models"])
+    lines = ["", "## Judge model (a model's opinion, not a clinician's)", ""]
+    for label, j in jb["judges"].items():
+        demo = " (random weights: its verdicts mean nothing)" if j["model"].get("demo") else ""
+        rubric = f"rubric `{Path(j['rubric_file']).name}`" if j.get("rubric_file") else "the default rubric"
+        lines += [f"Judge **{label}**{demo}, {rubric}: {j['answers']} answers read, {j['verdicts_missing']} verdicts "
+                  "missing from its outputs (not judged).", ""]
+        lines += _table(j, models, who="judge") + [""]
+    if methods:
+        lines.append(f"- **judge model**: {jb['method']}")
+    return lines
+
+
+def review_markdown(report: dict) -> list[str]:
+    """What `medtui review` adds to report.md: the clinicians' section, then the judge model's."""
+    return clinician_markdown(report) + judge_markdown(report)
+
+
 def import_message(r: ImportResult) -> str:
     verb = "replaced" if r.replaced else "imported"
     lines = [f"{verb} reviewer {r.reviewer!r} from {r.csv}: {r.n_judgements} judgements on {r.n_cases} cases "
              f"(reviewers now: {', '.join(r.reviewers)})"]
-    lines += clinician_markdown(r.report, per_reviewer=False)
+    lines += clinician_markdown(r.report, per_reviewer=False) + [""]
     lines.append(f"report: {r.report_dir}/report.md and report.json")
     return "\n".join(lines)
