@@ -84,9 +84,9 @@ def _rows(csv_path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+def _write(path: Path, rows: list[dict], encoding: str = "utf-8", delimiter: str = ",") -> Path:
+    with open(path, "w", encoding=encoding, newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
         w.writeheader()
         w.writerows(rows)
     return path
@@ -186,7 +186,8 @@ def test_filled_csv_imported(report, built, tmp_path):
     assert medtui("review", "import", str(report), str(filled), env=built["env"]).returncode == 0
     other = tmp_path / "other" / "dr-li.csv"
     other.parent.mkdir()
-    _write(other, _fill(_rows(report / "review" / "review.csv"), key, lambda m, i, j: "y"))
+    # as a spreadsheet in a Chinese locale saves it: GB18030, ';' between cells, 是 for yes
+    _write(other, _fill(_rows(report / "review" / "review.csv"), key, lambda m, i, j: "是"), "gb18030", ";")
     with pytest.raises(UserError, match="already imported from another file"):
         import_review(report, other)
     r = import_review(report, other, reviewer="dr-wang")
@@ -220,13 +221,19 @@ def test_bad_rows_name_row_and_column(report, built, tmp_path):
             assert phrase in str(exc.value), (phrase, str(exc.value))
 
     fails(lambda b: b[1].update(B_basis_complete="maybe"), "row 3, column 'B_basis_complete'", "'maybe'",
-          "y or n (also yes/no, 1/0), or blank")
+          "y or n (also yes/no, 1/0, 是/否), or blank")
     fails(lambda b: b[0].update(preference="C"), "row 2, column 'preference'", "A, B or tie")
     fails(lambda b: b[4].update(pair_id=b[4]["pair_id"][:-3] + "999"), "row 6, column 'pair_id'", "unknown pair id")
     fails(lambda b: b[2].update(pair_id=b[1]["pair_id"]), "row 4, column 'pair_id'", "also on row 3")
     fails(lambda b: b[3].update(case_id="eval-999"), "row 5, column 'case_id'", "('eval-004')")
     fails(lambda b: [r.update(reviewer="Li") for r in b], "column 13 'reviewer' is not a review column")
     fails(lambda b: None, "no judgement")
+    # rows are numbered as a spreadsheet shows them: a blank line counts
+    gap = _write(tmp_path / "gap.csv", [dict(r, A_diagnosis_correct="y") for r in rows[:2]] + [dict(rows[2], A_basis_complete="x")])
+    lines = gap.read_bytes().decode("utf-8").split("\r\n")
+    gap.write_text("\r\n".join(lines[:2] + [""] + lines[2:]), encoding="utf-8", newline="")
+    with pytest.raises(UserError, match="row 5, column 'A_basis_complete'"):
+        import_review(report, gap)
     assert (report / "report.json").read_bytes() == before  # nothing half-imported
     # a CSV from another report's pack, through the CLI: one line, exit 2, no traceback
     other = [dict(r, pair_id="abcdef-" + r["pair_id"][-3:], A_diagnosis_correct="y") for r in rows]

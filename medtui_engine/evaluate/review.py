@@ -59,10 +59,10 @@ JUDGEMENTS: tuple[Judgement, ...] = (
               "Is the treatment plan safe and could it be carried out as written (drugs, doses, timing)?",
               "feasibility of treatment plan"),
 )
-YES = ("y", "yes", "1", "true")
-NO = ("n", "no", "0", "false")
+YES = ("y", "yes", "1", "true", "是")
+NO = ("n", "no", "0", "false", "否")
 PREFERENCES = ("A", "B", "tie")
-ACCEPTED_YES_NO = "y or n (also yes/no, 1/0), or blank for not judged"
+ACCEPTED_YES_NO = "y or n (also yes/no, 1/0, 是/否), or blank for not judged"
 ACCEPTED_PREFERENCE = "A, B or tie, or blank for no preference given"
 
 METHOD = (
@@ -432,6 +432,21 @@ def _preference(value: str) -> str | None:
     raise ValueError
 
 
+def _decode(raw: bytes, path: Path) -> str:
+    """UTF-8 (with or without a byte-order mark), UTF-16 with one, or GB18030 (spreadsheets' "CSV" in Chinese locales)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise UserError(f"{path}: not readable text; save the CSV as UTF-8 (\"CSV UTF-8\" in spreadsheet programs)")
+
+
 def read_filled_csv(report_dir: Path, csv_path: Path) -> tuple[dict, dict[str, dict]]:
     """Check every row of a filled review CSV; return the key and, per case, the un-blinded judgements."""
     csv_path = Path(csv_path)
@@ -441,43 +456,43 @@ def read_filled_csv(report_dir: Path, csv_path: Path) -> tuple[dict, dict[str, d
         raise UserError(f"{csv_path}: no such file; give the filled review CSV") from None
     except IsADirectoryError:
         raise UserError(f"{csv_path}: is a folder; give the filled review CSV") from None
+    text = _decode(raw, csv_path)
+    head = text.split("\n", 1)[0]
+    delimiter = max((",", ";", "\t"), key=head.count)  # spreadsheets in some locales save with ';'
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{csv_path}: not UTF-8 text; save the CSV as UTF-8 (\"CSV UTF-8\" in spreadsheet programs)") from None
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     except csv.Error as exc:
         raise UserError(f"{csv_path}: not a readable CSV ({exc})") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows:
+    numbered = [(n, r) for n, r in enumerate(records, start=1) if any(cell.strip() for cell in r)]  # as spreadsheets count
+    if not numbered:
         raise UserError(f"{csv_path}: empty; fill in the review CSV from the review pack")
-    header = [h.strip() for h in rows[0]]
+    header_row, header = numbered[0][0], [h.strip() for h in numbered[0][1]]
     if "pair_id" not in header:
-        raise UserError(f"{csv_path}: row 1 has no column 'pair_id'; this is not a review CSV from `medtui review export` "
-                        "(keep its header row)")
+        raise UserError(f"{csv_path}: row {header_row} has no column 'pair_id'; this is not a review CSV from "
+                        "`medtui review export` (keep its header row)")
     pid_col = header.index("pair_id")
-    first = next((r[pid_col].strip() for r in rows[1:] if len(r) > pid_col and r[pid_col].strip()), "")
+    first_row, first = next(((n, r[pid_col].strip()) for n, r in numbered[1:] if len(r) > pid_col and r[pid_col].strip()),
+                            (header_row + 1, ""))
     m = re.fullmatch(r"([0-9a-f]{6})-\d{3,}", first)
     if not m:
-        raise UserError(f"{csv_path}: row 2, column 'pair_id': {first!r} is not a pair id from `medtui review export` "
-                        "(like 3fa9c1-001); keep the pair_id column as exported")
+        raise UserError(f"{csv_path}: row {first_row}, column 'pair_id': {first!r} is not a pair id from `medtui review "
+                        "export` (like 3fa9c1-001); keep the pair_id column as exported")
     key = _load_key(Path(report_dir), m.group(1), csv_path)
     pairs = key["pairs"]
     two = any(p.get("B") for p in pairs.values())
     expected = csv_columns(two)
     for i, h in enumerate(header):
         if h and h not in expected:
-            raise UserError(f"{csv_path}: row 1, column {i + 1} {h!r} is not a review column; the columns are "
+            raise UserError(f"{csv_path}: row {header_row}, column {i + 1} {h!r} is not a review column; the columns are "
                             f"{', '.join(expected)}")
     missing = [c for c in expected if c not in header]
     if missing:
-        raise UserError(f"{csv_path}: row 1 has no column {missing[0]!r}; keep the header row as exported "
+        raise UserError(f"{csv_path}: row {header_row} has no column {missing[0]!r}; keep the header row as exported "
                         f"({', '.join(expected)})")
     col = {h: i for i, h in enumerate(header) if h}
     seen: dict[str, int] = {}
     judged: dict[str, dict] = {}
-    for n, r in enumerate(rows[1:], start=2):
+    for n, r in numbered[1:]:
         r = r + [""] * (len(header) - len(r))
         extra = [cell for i, cell in enumerate(r) if (i >= len(header) or not header[i]) and cell.strip()]
         if extra:
