@@ -277,7 +277,8 @@ def render_html(cases: list[ReviewCase], pairs: dict[str, dict], tag: str, sampl
     intro = (f"{len(pairs)} cases, each with two answers labelled A and B in an order drawn at random per case; "
              "the models are not named." if two else f"{len(pairs)} cases, each with one answer (A).")
     if two and n_pairs < len(pairs):
-        intro += f" {len(pairs) - n_pairs} cases have one answer only (A)."
+        k = len(pairs) - n_pairs
+        intro += f" {k} case{' has' if k == 1 else 's have'} one answer only (A)."
     jrows = "".join(f"<tr><td><b>{_e(j.label)}</b></td><td>{_e(j.asks)}</td><td><code>A_{_e(j.key)}</code>"
                     + (f" <code>B_{_e(j.key)}</code>" if two else "") + "</td></tr>" for j in JUDGEMENTS)
     pref = (f"<tr><td><b>preference</b></td><td>Which answer would you rather a colleague gave? A, B, or tie.</td>"
@@ -533,7 +534,7 @@ def read_filled_csv(report_dir: Path, csv_path: Path) -> tuple[dict, dict[str, d
             except ValueError:
                 raise UserError(f"{where}, column 'preference': {r[col['preference']].strip()!r} is not accepted; use "
                                 f"{ACCEPTED_PREFERENCE}") from None
-            if p == "B" and not pair.get("B"):
+            if p is not None and not pair.get("B"):
                 raise UserError(f"{where}, column 'preference': this case has one answer (A); leave it blank")
             if p is not None:
                 entry["preference"] = "tie" if p == "tie" else pair[p]
