@@ -309,8 +309,12 @@ def markdown(report: dict) -> str:
     ]
     if pair:
         lines += [f"- **{key}**: {v}" for key, v in STATS_METHODS.items() if key != "samples" or k > 1]
-    lines += ["- No judge model was used: whether a diagnosis is right beyond these rules, and whether a treatment is "
-              "feasible, need a clinician's review (`medtui review export` writes a blinded review pack).", ""]
+    if report.get("judge"):
+        lines += ["- A judge model's verdicts are in their own section below, labelled as a model's, not a clinician's.",
+                  ""]
+    else:
+        lines += ["- No judge model was used: whether a diagnosis is right beyond these rules, and whether a treatment "
+                  "is feasible, need a clinician's review (`medtui review export` writes a blinded review pack).", ""]
     if report.get("clinician") or report.get("judge"):  # added by `medtui review import` / `review judge`
         from .review import review_markdown
 
