@@ -309,8 +309,16 @@ def markdown(report: dict) -> str:
     ]
     if pair:
         lines += [f"- **{key}**: {v}" for key, v in STATS_METHODS.items() if key != "samples" or k > 1]
-    lines += ["- No judge model was used: whether a diagnosis is right beyond these rules, and whether a treatment is "
-              "feasible, need a clinician's review of the answers in report.json.", ""]
+    if report.get("judge"):
+        lines += ["- A judge model's verdicts are in their own section below, labelled as a model's, not a clinician's.",
+                  ""]
+    else:
+        lines += ["- No judge model was used: whether a diagnosis is right beyond these rules, and whether a treatment "
+                  "is feasible, need a clinician's review (`medtui review export` writes a blinded review pack).", ""]
+    if report.get("clinician") or report.get("judge"):  # added by `medtui review import` / `review judge`
+        from .review import review_markdown
+
+        lines += review_markdown(report) + [""]
     return "\n".join(lines)
 
 
@@ -324,6 +332,7 @@ def write_report(report: dict, answers: dict[str, list[dict]], final: Path) -> P
             from ..errors import UserError
 
             raise UserError(f"{final}: exists and is not a directory; give --out a directory")
+        _keep_clinician_review(final / "report.json", report)
         for name, rows in answers.items():
             write_answers(final / f"answers-{name}.jsonl", rows)
         _write_text(final / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
@@ -341,6 +350,25 @@ def write_report(report: dict, answers: dict[str, list[dict]], final: Path) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _keep_clinician_review(old_path: Path, report: dict) -> None:
+    """Scoring the same answers again into their report keeps the clinicians' and the judge model's judgements
+    (`medtui review import`, `medtui review judge`); judgements of other answers are not carried over."""
+    try:
+        old = json.loads(old_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict) or not (old.get("clinician") or old.get("judge")):
+        return
+
+    def outputs(r: dict) -> dict:
+        return {n: {c.get("id"): c.get("output") for c in m.get("cases") or []} for n, m in (r.get("models") or {}).items()}
+
+    if outputs(old) == outputs(report):
+        for key in ("clinician", "judge"):
+            if old.get(key) and key not in report:
+                report[key] = old[key]
 
 
 def _write_text(path: Path, text: str) -> None:
