@@ -114,10 +114,10 @@ def resume_eval(job_dir: Path) -> int:
     terminal event is not taken for the new job's)."""
     job_dir = Path(job_dir)
     spec = read_job_spec(job_dir)
-    if job_alive(job_dir):
-        raise UserError(f"evaluation {job_dir.name} is still running; nothing to resume")
     if (Path(spec["report_dir"]) / "report.json").is_file():
         raise UserError(f"evaluation {job_dir.name} has finished; its report is in {spec['report_dir']}")
+    if job_alive(job_dir):
+        raise UserError(f"evaluation {job_dir.name} is still running; nothing to resume")
     past = last_seq(job_dir / EVENTS)
     launch_job(JOB_MODULE, job_dir)
     return past
