@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if action is not None:
         return {"score": _score, "stop": _stop, "resume": _resume, "tail": _tail}[action](args)
     from ..evaluate.cases import load_eval_cases
-    from ..evaluate.job import start_eval
+    from ..evaluate.job import eval_sources, start_eval
     from ..infer import SamplingSettings
 
     if not args.model:
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     _synonyms(args.synonyms)  # a bad synonyms file is the user's to fix now, not the job's to fail on
     settings = SamplingSettings(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                                 seed=args.seed).checked()
-    sources = eval_sources(args.model, args.base, ctx)
+    sources = eval_sources(args.model, args.base, ctx.runs_dir, ctx.merged_dir)
     job_dir = start_eval(ctx.workspace, ctx.reports_dir, sources, cases, cases_file.resolve(), settings,
                          samples=args.samples, synonyms=synonyms.resolve() if synonyms else None)
     if args.detach:
@@ -239,18 +239,3 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"evaluation {job_dir.name} started (Ctrl-C detaches; the job goes on)", file=sys.stderr)
     return attach(job_dir, args)
-
-
-def eval_sources(model: str, base: str, ctx) -> dict:
-    """The sides an evaluation compares: "base" (unless ``base`` is none, or auto finds none) and "tuned"."""
-    from ..infer import resolve_source
-
-    tuned = resolve_source(model, ctx.runs_dir, ctx.merged_dir)
-    sources = {}
-    if base == "auto":
-        if tuned.adapter_dir is not None or tuned.kind == "merged":
-            sources["base"] = tuned.base()
-    elif base != "none":
-        sources["base"] = resolve_source(base, ctx.runs_dir, ctx.merged_dir).with_template(tuned.template)
-    sources["tuned"] = tuned
-    return sources

@@ -67,6 +67,22 @@ def source_from_dict(d: dict):
                        d.get("given", ""))
 
 
+def eval_sources(model: str, base: str, runs_dir: Path | None, merged_dir: Path | None) -> dict:
+    """The sides an evaluation compares, from what the user named: "base" (``base``: auto, the tuned
+    model's own base when it has one; none; or a model) and "tuned"."""
+    from ..infer import resolve_source
+
+    tuned = resolve_source(model, runs_dir, merged_dir)
+    sources = {}
+    if base == "auto":
+        if tuned.adapter_dir is not None or tuned.kind == "merged":
+            sources["base"] = tuned.base()
+    elif base != "none":
+        sources["base"] = resolve_source(base, runs_dir, merged_dir).with_template(tuned.template)
+    sources["tuned"] = tuned
+    return sources
+
+
 def make_spec(sources: dict, cases: list[EvalCase], cases_file: Path, settings, reports_dir: Path, job_dir: Path,
               *, samples: int = 1, synonyms: Path | None = None) -> dict:
     """The job's whole input. ``sources``: side ("base", "tuned", or "model" alone) -> ModelSource."""
