@@ -36,7 +36,7 @@ from ..widgets.rows import rows_text
 POLL_SECONDS = 0.3
 DEFAULT_LIMIT = "5"
 DEFAULT_TOKENS = "256"
-BASE_CHOICES = (("auto: the model's own base", "auto"), ("the demo model", "demo"), ("none: the model alone", "none"))
+BASE_CHOICES = (("base: the model's own", "auto"), ("base: the demo model", "demo"), ("base: none", "none"))
 TUI_STEPS = NextSteps(resume="r resumes", merge="", console="", log="details: {run_dir}/stdout.log")
 
 
@@ -127,7 +127,7 @@ class EvalScreen(Screen):
 
         ctx = self.app.ctx
         self.query_one("#eval-model", Select).set_options(
-            [(desc, arg) for arg, desc in list_choices(ctx.runs_dir, ctx.merged_dir)])
+            [(_short(desc), arg) for arg, desc in list_choices(ctx.runs_dir, ctx.merged_dir)])
         self.query_one("#eval-model", Select).value = "demo"
         for view in self.query(AnswerView):
             view.show_side = True
@@ -224,7 +224,7 @@ class EvalScreen(Screen):
         table = self.query_one("#eval-table", DataTable)
         table.clear(columns=True)
         for i, name in enumerate(header):
-            table.add_column(name, key=name, width=34 if i == 0 else None)
+            table.add_column(name, key=name, width=30 if i == 0 else None)
         for row in rows:
             table.add_row(*row)
 
@@ -350,6 +350,10 @@ class EvalScreen(Screen):
             self.app.notify(str(exc), severity="warning")
             return
         self.show_job(self.job_dir, past_seq=past)
+
+
+def _short(text: str, width: int = 26) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _read_report(job_dir: str, report_dir: str) -> EvalScreen.ReportRead:
