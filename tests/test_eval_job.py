@@ -98,3 +98,50 @@ def test_stop_and_resume_without_redone_cases(demo_model, workspace):
     # a finished job is not resumed again
     again = medtui("eval", "resume", job_dir.name)
     assert again.returncode == 2 and "has finished" in again.stderr
+
+
+def test_eval_state_folds_a_stopped_and_resumed_job():
+    from medtui_engine.evaluate.events import EvalState, apply_eval_event
+    from medtui_engine.jobs.describe import describe_eval_status
+
+    def ev(type_, **fields):
+        return {"v": 1, "seq": 0, "t": 1.0, "type": type_, **fields}
+
+    state = EvalState()
+    stream = [
+        ev("eval_begin", pid=1, cases=2, samples=1, sides=["base", "tuned"], total=4, done=0,
+           done_by_side={"base": 0, "tuned": 0}, labels={"base": "b", "tuned": "t"}),
+        ev("eval_model", side="base", phase="loading", label="b", seconds=None),
+        ev("eval_model", side="base", phase="loaded", label="b", seconds=1.0),
+        ev("eval_answer", side="base", id="c1", sample=0, index=0, seconds=0.5),
+        ev("stopped", step=1, checkpoint=None, reason="signal SIGTERM"),
+    ]
+    for e in stream:
+        apply_eval_event(state, e)
+    assert (state.status, state.done, state.done_by_side, state.stop_reason) == (
+        JobStatus.STOPPED, 1, {"base": 1, "tuned": 0}, "signal SIGTERM")
+    [row] = describe_eval_status(state.status, state, job_dir="/w/jobs/eval-1")
+    assert row.value == "stopped (signal SIGTERM) after 1/4 answers" and "`medtui eval resume eval-1`" in row.hint
+    for e in [ev("eval_begin", pid=2, cases=2, samples=1, sides=["base", "tuned"], total=4, done=1,
+                 done_by_side={"base": 1, "tuned": 0}),
+              *(ev("eval_answer", side=s, id=c, sample=0, index=i, seconds=0.5)
+                for s, c, i in (("base", "c2", 1), ("tuned", "c1", 0), ("tuned", "c2", 1))),
+              ev("eval_written", report_dir="/w/reports/eval-1"),
+              ev("finished", step=4, adapter="", runtime_s=3.0, final_loss=None, report_dir="/w/reports/eval-1")]:
+        apply_eval_event(state, e)
+    assert (state.status, state.done, state.resumed, state.skipped, state.report_dir) == (
+        JobStatus.FINISHED, 4, 1, 1, "/w/reports/eval-1")
+    assert state.done_by_side == {"base": 2, "tuned": 2} and state.stop_reason is None
+
+
+def test_a_torn_last_answer_line_is_dropped(tmp_path):
+    from medtui_engine.evaluate.job import AnswerLog, read_answer_rows
+
+    path = tmp_path / "answers-base.jsonl"
+    path.write_bytes(b'{"id": "c1", "sample": 0}\n{"id": "c2", "sam')
+    assert [r["id"] for r in read_answer_rows(path)] == ["c1"]
+    log = AnswerLog(path)
+    log.append({"id": "c2", "sample": 0})
+    log.close()
+    assert [r["id"] for r in read_answer_rows(path)] == ["c1", "c2"]
+    assert path.read_bytes().count(b"\n") == 2
