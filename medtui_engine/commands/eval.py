@@ -7,6 +7,7 @@ Every model's answers are saved as JSONL; `medtui eval score ANSWERS.jsonl` resc
 The evaluation runs as a detached job (closing the terminal does not stop it); without --detach this
 command follows it and prints the report at the end (Ctrl-C only detaches).
 
+  medtui eval list                  every evaluation job, newest first, with how it stands
   medtui eval stop JOB [--wait]     stop it (the answers given so far are kept)
   medtui eval resume JOB            continue it: only the answers not on file are given
   medtui eval tail JOB              follow it (and print the report once it is written)
@@ -61,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "(default: a new eval-score-<time> folder in the workspace's reports)")
     _add_synonyms(score)
     add_common(score)
+    s = sub.add_parser("list", help="every evaluation job of the workspace, newest first")
+    add_common(s)
     s = sub.add_parser("stop", help="stop an evaluation job (the answers given so far are kept)")
     s.add_argument("job", metavar="JOB")
     s.add_argument("--wait", action="store_true", help="wait until the job has ended")
@@ -180,6 +183,32 @@ def _stop(args) -> int:
     return EXIT_OK if follower.status in (JobStatus.STOPPED, JobStatus.FINISHED) else EXIT_FAILED
 
 
+def _list(args) -> int:
+    from ..evaluate.job import list_eval_jobs
+    from ..jobs.describe import describe_eval_status
+    from ..jobs.follow import JobFollower
+    from ..rows import sentence
+
+    ctx = load_context(args.workspace, args.config)
+    out = []
+    for job_dir in list_eval_jobs(ctx.workspace):
+        follower = JobFollower(job_dir, "eval")
+        follower.poll()
+        rows = describe_eval_status(follower.status, follower.state, job_dir=job_dir)
+        out.append({"job": job_dir.name, "job_dir": str(job_dir), "status": follower.status, "done": follower.state.done,
+                    "total": follower.state.total, "report_dir": follower.state.report_dir,
+                    "outcome": sentence(rows[0]) if rows else ""})
+    if args.json:
+        print_json(out)
+    elif not out:
+        print(f"no evaluation jobs yet in {ctx.workspace / 'jobs'}; start one with `medtui eval --model DIR|RUN|demo`")
+    else:
+        width = max(len(j["job"]) for j in out)
+        for j in out:
+            print(f"{j['job']:{width}}  {j['status']:9}  {j['outcome']}")
+    return EXIT_OK
+
+
 def _resume(args) -> int:
     from ..evaluate.job import find_eval_job, resume_eval
 
@@ -207,7 +236,7 @@ def _tail(args) -> int:
 def run(args: argparse.Namespace) -> int:
     action = getattr(args, "eval_action", None)
     if action is not None:
-        return {"score": _score, "stop": _stop, "resume": _resume, "tail": _tail}[action](args)
+        return {"score": _score, "list": _list, "stop": _stop, "resume": _resume, "tail": _tail}[action](args)
     from ..evaluate.cases import load_eval_cases
     from ..evaluate.job import eval_sources, start_eval
     from ..infer import SamplingSettings
