@@ -27,7 +27,7 @@ VERBS: dict[str, str] = {
     "runs": "list, show, tail, stop or resume training runs",
     "merge": "merge a run's adapter into a 16-bit model, verified",
     "ask": "ask a model a case; compare base and tuned",
-    "eval": "evaluate a tuned model against its base on reference cases",
+    "eval": "evaluate a tuned model against its base on reference cases (detached job; stop, resume)",
     "review": "blinded clinician review of an evaluation: export a pack, import the filled CSV",
     "bench": "benchmarks that print numbers",
     "demo": "build (or rebuild) the embedded demo model and show where it is",

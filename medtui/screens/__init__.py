@@ -21,4 +21,5 @@ SCREENS: tuple[ScreenEntry, ...] = (
     ScreenEntry("train", "Train", "f4", "medtui.screens.train", "TrainScreen"),
     ScreenEntry("runs", "Runs", "f5", "medtui.screens.runs", "RunsScreen"),
     ScreenEntry("console", "Console", "f6", "medtui.screens.console", "ConsoleScreen"),
+    ScreenEntry("eval", "Eval", "f10", "medtui.screens.eval", "EvalScreen"),
 )

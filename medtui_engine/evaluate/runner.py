@@ -1,22 +1,23 @@
-"""Running an evaluation: each model answers every case (one model in memory at a time, k samples a
-case if asked), the answers are saved as JSONL, and the report is built from those answers and written
-to ``<workspace>/reports/eval-<time>/`` (temp dir, then rename). ``score_answer_files`` builds the same
-report from saved answers, with no model."""
+"""Answering cases and writing the report. The evaluation job (:mod:`.job`) has each model answer every
+case through :func:`answer_items` (one model in memory at a time, k samples a case if asked), saving each
+answer as it comes; :func:`report_from_answers` builds the report from those answers and writes it (temp
+dir, then rename). ``score_answer_files`` builds the same report from saved answers, with no model."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..templates import generation_prefix
 from .answers import read_answers
 from .cases import EvalCase
 from .matching import Synonyms
-from .report import build_report, write_report
-
-Progress = Callable[[str], None]
+from .report import MEASURES, build_report, write_report
+from .report import _fmt as fmt_entry
+from .report import _fmt_diff as fmt_diff
+from .report import _fmt_p as fmt_p
 
 
 def answer_row(case: EvalCase, output: str, *, sample: int, prompt_opened: bool, stats: dict, source) -> dict:
@@ -30,36 +31,57 @@ def answer_row(case: EvalCase, output: str, *, sample: int, prompt_opened: bool,
     return row
 
 
-def answer_cases(source, cases: list[EvalCase], settings, progress: Progress, load_options=None,
-                 samples: int = 1) -> list[dict]:
-    from ..infer import LoadOptions, StreamDone, load_model, stream_answer
+@dataclass(frozen=True)
+class Item:
+    """One answer to give: a case, which sample of it (0..k-1), and its place in the case list."""
 
-    loaded = load_model(source, load_options or LoadOptions(), progress=lambda msg, _f: progress(f"{source.label}: {msg}"))
-    rows = []
-    try:
-        for i, case in enumerate(cases, start=1):
-            for j in range(samples):
-                tag = f" sample {j + 1}/{samples}" if samples > 1 else ""
-                progress(f"{source.label}: case {i}/{len(cases)} ({case.id}){tag}")
-                s = settings if j == 0 or settings.seed is None else replace(settings, seed=settings.seed + j)
-                think_end = None
-                result = None
-                for event in stream_answer(loaded, case.question, s):
-                    if isinstance(event, StreamDone):
-                        result = event.result
-                    elif think_end is None and event.think_tokens is not None:
-                        think_end = event.elapsed_s
-                assert result is not None
-                stats = result.stats.as_dict()
-                stats["think_end_s"] = think_end
-                rows.append(answer_row(case, result.output, sample=j, stats=stats, source=source,
-                                       prompt_opened=bool(generation_prefix(result.template))))
-    finally:
-        loaded.unload()
-    return rows
+    case: EvalCase
+    sample: int
+    index: int
 
 
-def _new_report_dir(reports_dir: Path, started: float, stem: str = "eval") -> Path:
+def sample_settings(settings, sample: int):
+    """Sample j of a case is drawn with seed + j (sample 0 with the seed itself)."""
+    return settings if sample == 0 or settings.seed is None else replace(settings, seed=settings.seed + sample)
+
+
+def answer_one(loaded, source, item: Item, settings, cancel=None) -> dict | None:
+    """One case answered by a loaded model: its answer row, or None when ``cancel`` was set before the
+    answer was complete (a stopped job gives that case again when it resumes)."""
+    from ..infer import StreamDone, stream_answer
+
+    think_end = None
+    result = None
+    for event in stream_answer(loaded, item.case.question, sample_settings(settings, item.sample), cancel):
+        if isinstance(event, StreamDone):
+            result = event.result
+        elif think_end is None and event.think_tokens is not None:
+            think_end = event.elapsed_s
+    if result is None or result.stats.finish_reason == "cancelled":
+        return None
+    stats = result.stats.as_dict()
+    stats["think_end_s"] = think_end
+    return answer_row(item.case, result.output, sample=item.sample, stats=stats, source=source,
+                      prompt_opened=bool(generation_prefix(result.template)))
+
+
+def answer_items(loaded, source, items: list[Item], settings, cancel=None) -> Iterator[tuple[Item, dict]]:
+    """Answer ``items`` in order, yielding each (item, row) as soon as it is complete; stops early (without
+    a row for the unfinished item) once ``cancel`` is set.
+
+    One case at a time today. Batched generation replaces this function: it may answer several items at
+    once and yield their rows as they complete; the evaluation job only relies on each yielded row being
+    complete (it saves the row, then reports it), so nothing else changes."""
+    for item in items:
+        if cancel is not None and cancel.is_set():
+            return
+        row = answer_one(loaded, source, item, settings, cancel)
+        if row is None:
+            return
+        yield item, row
+
+
+def new_report_dir(reports_dir: Path, started: float, stem: str = "eval") -> Path:
     final = reports_dir / time.strftime(f"{stem}-%Y%m%d-%H%M%S", time.localtime(started))
     n = 1
     while final.exists():
@@ -68,21 +90,33 @@ def _new_report_dir(reports_dir: Path, started: float, stem: str = "eval") -> Pa
     return final
 
 
-def run_evaluation(sources: dict[str, object], cases: list[EvalCase], cases_file: Path, settings, reports_dir: Path,
-                   progress: Progress | None = None, load_options=None, *, samples: int = 1,
-                   synonyms: Synonyms | None = None) -> tuple[dict, Path]:
-    say = progress or (lambda _m: None)
-    started = time.time()
-    models, answers = {}, {}
-    for name, source in sources.items():
-        rows = answer_cases(source, cases, settings, say, load_options, samples)
-        answers[name] = rows
-        models[name] = {"source": source.as_dict(), "rows": rows}
-    meta = {"cases_file": str(cases_file), "sampling": settings.as_dict(), "started": started,
-            "seconds": round(time.time() - started, 2)}
+def report_from_answers(sources: dict[str, dict], answers: dict[str, list[dict]], meta: dict, final: Path,
+                        synonyms: Synonyms | None = None) -> tuple[dict, Path]:
+    """Score every model's answer rows and write the report (report.json, report.md, answers-<model>.jsonl)
+    into ``final`` (a temp dir, then a rename). ``sources``: name -> the model's description."""
+    models = {name: {"source": sources[name], "rows": rows} for name, rows in answers.items()}
     report = build_report(models, meta, synonyms)
-    final = write_report(report, answers, _new_report_dir(reports_dir, started))
-    return report, final
+    return report, write_report(report, answers, final)
+
+
+def report_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The seed-shaped table of a report: a header and one row per measure that applies (label, each
+    model's figure, and with two models the difference with its interval and McNemar's p), formatted as
+    report.md formats them."""
+    models = report["models"]
+    names = list(models)
+    pair = report.get("paired")
+    header = ["measure", *names] + (["difference (95% CI)", "McNemar"] if pair else [])
+    rows = []
+    for m in MEASURES:
+        if all((models[n]["summary"].get(m.key) or {}).get("n", 0) == 0 for n in names):
+            continue
+        row = [m.label, *(fmt_entry(models[n]["summary"].get(m.key)) for n in names)]
+        if pair:
+            e = pair["measures"].get(m.key)
+            row += [fmt_diff(e), fmt_p(e)]
+        rows.append(row)
+    return header, rows
 
 
 def _source_from_rows(rows: list[dict], path: Path) -> dict:
@@ -107,5 +141,5 @@ def score_answer_files(answers_file: Path, base_file: Path | None, out: Path | N
     meta = {"cases_file": str(answers_file), "scored_from": [str(p) for p in (base_file, answers_file) if p],
             "sampling": None, "started": started}
     report = build_report(models, meta, synonyms)
-    final = out if out is not None else _new_report_dir(reports_dir, started, "eval-score")
+    final = out if out is not None else new_report_dir(reports_dir, started, "eval-score")
     return report, write_report(report, answers, final)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..evaluate.events import EvalState
 from ..fmt import fmt_duration
 from ..merge.events import MergeState
 from ..rows import Row, Severity
@@ -98,11 +99,13 @@ def _merge_event(ev: dict, state: MergeState) -> Row | None:
     return None
 
 
-def describe_event(ev: dict, state: RunState | MergeState | None = None) -> Row | None:
+def describe_event(ev: dict, state: RunState | MergeState | EvalState | None = None) -> Row | None:
     """One event as a row (None for events not worth a line: heartbeats). ``state`` is the job's
     state right after the event was folded (a training run's total steps, a merge's figures)."""
     if isinstance(state, MergeState):
         return _merge_event(ev, state)
+    if isinstance(state, EvalState):
+        return _eval_event(ev, state)
     return _train_event(ev, state)
 
 
@@ -268,3 +271,82 @@ def describe_merge_result(state: MergeState, result: dict | None = None, *, stat
         rows.append(Row("GGUF", str(g.get("path")), Severity.OK) if g.get("done") else
                     Row("GGUF", "not written", Severity.WARNING, str(g.get("why") or "")))
     return rows
+
+
+# ------------------------------------------------------------------------------------- evaluations
+
+EVAL_CLI_STEPS = NextSteps(
+    resume="`medtui eval resume {run_id}` resumes",
+    merge="",
+    console="",
+    log="details: {run_dir}/stdout.log",
+)
+
+
+def _answers(state: EvalState) -> str:
+    return f"{state.done}/{state.total} answers"
+
+
+def describe_eval_progress(state: EvalState) -> Row | None:
+    """Where an evaluation job is: answers on file in all and per side (None before it began)."""
+    if not state.sides:
+        return None
+    per_side = ", ".join(f"{side} {state.done_by_side.get(side, 0)}/{state.cases * state.samples}" for side in state.sides)
+    if state.phase == "loading":
+        doing = f"; loading the {state.side} model" if state.side else ""
+    elif state.phase == "scoring":
+        doing = "; scoring and writing the report"
+    elif state.phase == "answering" and state.side:
+        doing = f"; {state.side} answering"
+    else:
+        doing = ""
+    return Row("progress", f"{_answers(state)} ({per_side}){doing}")
+
+
+def _eval_event(ev: dict, state: EvalState) -> Row | None:
+    kind = ev.get("type")
+    if kind == "eval_begin":
+        samples = f" x {state.samples} samples" if state.samples > 1 else ""
+        again = f"resumed with {state.done} of {state.total} answers on file" if state.done else "started"
+        return Row("", f"evaluation {again}: {state.cases} cases{samples}, sides {', '.join(state.sides)}")
+    if kind == "eval_model":
+        if ev.get("phase") == "loading":
+            return Row(state.side, f"loading {ev.get('label')} ...")
+        return Row(state.side, f"loaded in {_f(ev.get('seconds'), '.1f')} s")
+    if kind == "eval_answer":
+        sample = f" sample {ev.get('sample')}" if state.samples > 1 else ""
+        return Row(state.side, f"{_answers(state)}: {ev.get('id')}{sample} in {_f(ev.get('seconds'), '.1f')} s")
+    if kind == "eval_written":
+        return Row("report", str(ev.get("report_dir")), Severity.OK)
+    if kind == "finished":
+        return Row("", f"finished: {_answers(state)} in {fmt_duration(state.runtime_s)}", Severity.OK)
+    if kind == "stopped":
+        return Row("", f"stopped ({state.stop_reason}) with {_answers(state)} on file")
+    if kind == "failed":
+        return Row("", f"FAILED after {_answers(state)}: {state.error}", Severity.PROBLEM)
+    return None
+
+
+def describe_eval_status(status: str, state: EvalState, *, job_dir: Path | str | None = None,
+                         steps: NextSteps = EVAL_CLI_STEPS) -> list[Row]:
+    """How an evaluation job stands, with what to do next: its outcome once it ended, else its progress."""
+    status = JobStatus(status)
+    job_id = Path(job_dir).name if job_dir else ""
+
+    def hint(*parts: str) -> str:
+        return "; ".join(steps.fill(p, job_id, job_dir) for p in parts if p)
+
+    kept = "the answers on file are kept and not given again"
+    if status is JobStatus.FAILED:
+        return [Row("outcome", f"failed after {_answers(state)}: {state.error or state.error_type or 'unknown error'}",
+                    Severity.PROBLEM, hint(steps.log, f"fix the cause, then {steps.resume}"))]
+    if status is JobStatus.CRASHED:
+        return [Row("outcome", f"crashed after {_answers(state)}: the job died without a word (killed, out of memory?)",
+                    Severity.PROBLEM, hint(steps.log, f"{steps.resume} ({kept})"))]
+    if status is JobStatus.STOPPED:
+        return [Row("outcome", f"stopped ({state.stop_reason or 'on request'}) after {_answers(state)}", Severity.INFO,
+                    hint(f"{steps.resume} ({kept})"))]
+    if status is JobStatus.FINISHED:
+        return [Row("outcome", f"finished: {_answers(state)}; report in {state.report_dir}", Severity.OK)]
+    row = describe_eval_progress(state)
+    return [row] if row else [Row("status", str(status))]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.events import EvalState, apply_eval_event
 from ..merge.events import MergeState, apply_merge_event
 from ..runs.state import RunState, apply_event
 from .status import STALL_AFTER_S
@@ -38,6 +39,8 @@ def register(kind: JobKind) -> JobKind:
 
 register(JobKind("train", lambda job_id: RunState(run_id=job_id), apply_event, frozenset({"train_begin"})))
 register(JobKind("merge", lambda _job_id: MergeState(), apply_merge_event, stall_after=None))
+# loading a model and answering one case write nothing for a while: never "stalled"
+register(JobKind("eval", lambda _job_id: EvalState(), apply_eval_event, stall_after=None))
 
 
 def get_kind(name: str | JobKind) -> JobKind:
