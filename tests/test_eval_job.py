@@ -145,3 +145,26 @@ def test_a_torn_last_answer_line_is_dropped(tmp_path):
     log.close()
     assert [r["id"] for r in read_answer_rows(path)] == ["c1", "c2"]
     assert path.read_bytes().count(b"\n") == 2
+
+
+@pytest.mark.xdist_group("train-jobs")
+def test_batched_job_answers_as_one_at_a_time_and_reports_its_pace(demo_model, workspace):
+    """The job's batched path (``--batch``): the same greedy answers as one case at a time, the batch on
+    every answer event, and the pace in the report (the equality on varied answers: test_infer_batch)."""
+    answers = {}
+    for batch in (1, 3):
+        p = medtui("eval", "--model", "demo", "--base", "none", "--limit", "3", "--max-new-tokens", "5",
+                   "--temperature", "0", "--batch", str(batch), "--json")
+        assert p.returncode == 0, p.stderr
+        report_dir = Path(json.loads(p.stdout)["report_dir"])
+        report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+        job_dir = workspace.resolve() / "jobs" / report["job"]
+        assert {e["batch"] for e in read_events(job_dir / "events.jsonl") if e["type"] == "eval_answer"} == {batch}
+        pace = report["pace"]["tuned"]
+        assert pace["answers"] == 3 and pace["batch"] == batch and pace["per_minute"] > 0
+        assert "answers a minute" in (report_dir / "report.md").read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in (job_dir / "answers-tuned.jsonl").read_text("utf-8").splitlines()]
+        answers[batch] = sorted((r["id"], r["answer"]) for r in rows)
+    assert answers[1] == answers[3]
+    bad = medtui("eval", "--model", "demo", "--base", "none", "--limit", "1", "--batch", "0")
+    assert bad.returncode == 2 and "--batch must be at least 1" in bad.stderr and "Traceback" not in bad.stderr

@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.3)
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, metavar="N",
+                        help="cases decoded together (default: 16 on a GPU, 1 on the CPU); greedy answers are the "
+                             "same either way, within numerics")
+    parser.add_argument("--repetition-penalty", type=float, metavar="P",
+                        help="1 = off (default: the model's generation config; the same on every decode path)")
     _add_synonyms(parser)
     parser.add_argument("--detach", action="store_true", help="start the job and return at once")
     add_common(parser)
@@ -254,10 +259,10 @@ def run(args: argparse.Namespace) -> int:
     synonyms = Path(args.synonyms).expanduser() if args.synonyms else None
     _synonyms(args.synonyms)  # a bad synonyms file is the user's to fix now, not the job's to fail on
     settings = SamplingSettings(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                                seed=args.seed).checked()
+                                seed=args.seed, repetition_penalty=args.repetition_penalty).checked()
     sources = eval_sources(args.model, args.base, ctx.runs_dir, ctx.merged_dir)
     job_dir = start_eval(ctx.workspace, ctx.reports_dir, sources, cases, cases_file.resolve(), settings,
-                         samples=args.samples, synonyms=synonyms.resolve() if synonyms else None)
+                         samples=args.samples, synonyms=synonyms.resolve() if synonyms else None, batch=args.batch)
     if args.detach:
         if args.json:
             print_json({"job": job_dir.name, "job_dir": str(job_dir)})

@@ -84,11 +84,12 @@ def eval_sources(model: str, base: str, runs_dir: Path | None, merged_dir: Path 
 
 
 def make_spec(sources: dict, cases: list[EvalCase], cases_file: Path, settings, reports_dir: Path, job_dir: Path,
-              *, samples: int = 1, synonyms: Path | None = None) -> dict:
+              *, samples: int = 1, synonyms: Path | None = None, batch: int | None = None) -> dict:
     """The job's whole input. ``sources``: side ("base", "tuned", or "model" alone) -> ModelSource."""
     return {
         "kind": "eval", "created_at": time.time(), "cases_file": str(cases_file),
         "cases": [c.as_dict() for c in cases], "samples": samples, "sampling": settings.as_dict(),
+        "batch": batch,  # cases decoded together; None: runner.default_batch for the device
         "sources": {side: {**src.as_dict(), "given": src.given} for side, src in sources.items()},
         "synonyms": str(synonyms) if synonyms else None,
         "report_dir": str(Path(reports_dir) / job_dir.name),
@@ -114,12 +115,14 @@ def read_job_spec(job_dir: Path) -> dict:
 
 
 def start_eval(workspace: Path, reports_dir: Path, sources: dict, cases: list[EvalCase], cases_file: Path, settings,
-               *, samples: int = 1, synonyms: Path | None = None) -> Path:
+               *, samples: int = 1, synonyms: Path | None = None, batch: int | None = None) -> Path:
     """Write the job's spec and launch the detached job; returns the job directory (follow it with
     ``JobFollower(job_dir, "eval")``)."""
+    if batch is not None and batch < 1:
+        raise UserError(f"--batch must be at least 1 (got {batch})")
     job_dir = new_job_dir(workspace)
     write_job_spec(job_dir, make_spec(sources, cases, cases_file, settings, reports_dir, job_dir, samples=samples,
-                                      synonyms=synonyms))
+                                      synonyms=synonyms, batch=batch))
     launch_job(JOB_MODULE, job_dir)
     return job_dir
 
@@ -257,7 +260,7 @@ def run_job(job_dir: Path) -> int:
             spec = read_job_spec(job_dir)
             from ..infer import LoadOptions, SamplingSettings, load_model
             from .matching import load_synonyms
-            from .runner import Item, answer_items, report_from_answers
+            from .runner import Item, answer_items, default_batch, report_from_answers
 
             cases = [EvalCase(**c) for c in spec["cases"]]
             samples = int(spec.get("samples") or 1)
@@ -275,6 +278,7 @@ def run_job(job_dir: Path) -> int:
                         done_by_side={s: len(v) for s, v in finished.items()},
                         labels={s: sources[s].label for s in sides})
             items = [Item(case, j, i) for i, case in enumerate(cases) for j in range(samples)]
+            pace: dict[str, dict] = {}   # answers a minute, per side, in this process (after loading)
             for side in sides:
                 todo = [it for it in items if (it.case.id, it.sample) not in finished[side]]
                 if not todo:
@@ -293,14 +297,20 @@ def run_job(job_dir: Path) -> int:
                         if flag.requested():
                             break
                         t_item = time.time()
-                        for item, row in answer_items(loaded, source, todo, settings, flag.event):
+                        batch = int(spec.get("batch") or default_batch(loaded.device))
+                        t_side, n_side = time.time(), 0
+                        for item, row in answer_items(loaded, source, todo, settings, flag.event, batch):
                             log.append(row)   # on file (fsynced) before it is reported as done
                             rows[side].append(row)
                             finished[side].add((item.case.id, item.sample))
                             done += 1
+                            n_side += 1
                             writer.emit("eval_answer", side=side, id=item.case.id, sample=item.sample,
-                                        index=item.index, seconds=round(time.time() - t_item, 3))
+                                        index=item.index, seconds=round(time.time() - t_item, 3), batch=batch)
                             t_item = time.time()
+                        if n_side:
+                            pace[side] = {"answers": n_side, "seconds": round(time.time() - t_side, 2), "batch": batch,
+                                          "per_minute": round(60 * n_side / max(time.time() - t_side, 1e-9), 2)}
                             flag.requested()  # a STOP file cancels before the next answer
                     finally:
                         log.close()
@@ -317,7 +327,7 @@ def run_job(job_dir: Path) -> int:
                                     key=lambda r: order[(str(r["id"]), int(r.get("sample", 0)))]) for side in sides}
             runtime = round(earlier + time.time() - t0, 2)
             meta = {"cases_file": spec["cases_file"], "sampling": settings.as_dict(), "started": spec.get("created_at"),
-                    "seconds": runtime, "job": job_dir.name}
+                    "seconds": runtime, "job": job_dir.name, "pace": pace}
             final = Path(spec["report_dir"])
             report_from_answers({s: sources[s].as_dict() for s in sides}, answers,
                                 meta, final, synonyms)

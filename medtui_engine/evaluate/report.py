@@ -278,6 +278,12 @@ def markdown(report: dict) -> str:
     per = f"; {k} samples per case" if k > 1 else ""
     sampling = f"; sampling {report['sampling']}" if report.get("sampling") else ""
     lines += ["", f"n = {report['n_cases']} cases{per}{sampling}.", ""]
+    pace = report.get("pace") or {}
+    if pace:
+        lines += ["Pace (after loading): " + "; ".join(
+            f"{name} {p['per_minute']:g} answers a minute ({p['answers']} in {p['seconds']:g} s, "
+            + (f"{p['batch']} at a time)" if p.get("batch", 1) > 1 else "one at a time)")
+            for name, p in pace.items()) + ".", ""]
     if pair:
         lines.append(f"Paired on {pair['n_pairs']} cases answered by both models"
                      + (f" ({pair['only_base']} base-only and {pair['only_tuned']} tuned-only cases left out of the "
