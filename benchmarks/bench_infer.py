@@ -183,11 +183,12 @@ def run_arm(name: str, model_dir: Path, prompt_tokens: int, new_tokens: int) -> 
 # --------------------------------------------------------------------------- driver
 
 
-def _child(args: list[str], log: Path, timeout: float) -> tuple[int, str]:
+def _child(args: list[str], log: Path, timeout: float, script: Path | None = None) -> tuple[int, str]:
+    """``script`` (default: this file) run with ``args`` in its own process; stdout returned, stderr logged."""
     env = dict(os.environ)
     env.setdefault("UNSLOTH_COMPILE_LOCATION", "/tmp/medtui-bench-unsloth-cache")
     env.setdefault("MEDTUI_HOME", "/tmp/medtui-bench-home")  # the demo tokenizer's cache, not the user's home
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    cmd = [sys.executable, str(script or Path(__file__).resolve()), *args]
     with open(log, "w") as fh:
         try:
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, timeout=timeout, env=env)

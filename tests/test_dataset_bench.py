@@ -52,7 +52,7 @@ def test_medtui_bench_without_the_source_tree_says_where_benchmarks_live(tmp_pat
 
 
 def test_benchmarks_import_no_ui_and_no_ml_library_at_module_scope() -> None:
-    code = ("import sys, benchmarks.bench_dataset, benchmarks.bench_infer, benchmarks.bench_merge, "
+    code = ("import sys, benchmarks.bench_dataset, benchmarks.bench_eval, benchmarks.bench_infer, benchmarks.bench_merge, "
             "benchmarks.bench_train\n"
             "assert not [m for m in ('textual', 'rich', 'torch', 'transformers') if m in sys.modules], sorted(sys.modules)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(ROOT))

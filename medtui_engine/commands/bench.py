@@ -4,6 +4,7 @@
   medtui bench train OUT_DIR [...]      the product's job runner vs bare Unsloth / HF (GPU)
   medtui bench merge OUT_DIR [...]      merge + save of a 7B-shape model vs plain PEFT (GPU)
   medtui bench infer OUT_DIR [...]      decode tokens/s and time to first token (GPU)
+  medtui bench eval OUT_DIR [...]       evaluation cases/minute, one at a time vs batched (GPU)
   medtui bench startup [--runs N]       the TUI's first frame, headless and in a terminal
   medtui bench live-view [...]          the live view on a 100,000-step history, keeping up, idle
 
@@ -27,6 +28,7 @@ BENCHES = {
     "train": "bench_train.py",
     "merge": "bench_merge.py",
     "infer": "bench_infer.py",
+    "eval": "bench_eval.py",
     "startup": "bench_startup.py",
     "live-view": "bench_live_view.py",
 }

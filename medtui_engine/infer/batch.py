@@ -53,10 +53,12 @@ class _Cancel:
 
 def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: SamplingSettings | None = None, *,
                  batch_size: int = DEFAULT_BATCH, cancel: threading.Event | None = None,
-                 on_batch: Callable[[list[int], list[GenerationResult]], None] | None = None) -> BatchResult:
+                 on_batch: Callable[[list[int], list[GenerationResult]], None] | None = None,
+                 ignore_eos: bool = False) -> BatchResult:
     """Answer ``questions`` ``batch_size`` at a time. ``on_batch(indices, results)`` is called after each
     batch (a job saves those answers at once); a cancelled batch's cases come back with finish_reason
-    "cancelled" and the rest are not started."""
+    "cancelled" and the rest are not started. ``ignore_eos`` decodes every case to ``max_new_tokens``
+    (benchmarks on random weights)."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -99,6 +101,8 @@ def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: Sampli
         kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, eos_token_id=eos,
                       pad_token_id=pad_id, repetition_penalty=penalty,
                       stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
+        if ignore_eos:
+            kwargs["min_new_tokens"] = max_new
         if settings.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -114,7 +118,7 @@ def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: Sampli
         done: list[GenerationResult] = []
         for row, i in enumerate(idx):
             ids = new[row]
-            end = next((n for n, t in enumerate(ids) if t in eos_set), None)
+            end = None if ignore_eos else next((n for n, t in enumerate(ids) if t in eos_set), None)
             if end is not None:
                 ids, finish = ids[:end], "eos"
             elif len(ids) >= max_new:
