@@ -59,17 +59,21 @@ def alive(pid: int) -> bool:
 
 
 def job_pids(run: Path) -> list[int]:
-    """The job, torchrun and every rank: the job's process group (the job leads it)."""
-    pgid = read_job(run)["pgid"]
-    out = []
+    """The job and its descendants: torchrun and every rank (torchrun gives its ranks sessions of
+    their own, so the process group alone would miss them)."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 data = open(f"/proc/{entry}/stat", "rb").read()
-                if int(data[data.rindex(b")") + 2:].split()[2]) == pgid:
-                    out.append(int(entry))
+                children.setdefault(int(data[data.rindex(b")") + 2:].split()[1]), []).append(int(entry))
             except (OSError, ValueError, IndexError):
                 pass
+    todo, out = [read_job(run)["pid"]], []
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
     return sorted(out)
 
 
@@ -210,7 +214,9 @@ def test_two_ranks_train_stop_and_resume_to_one_adapter(demo_model, workspace):
     adapters = [p for p in run.rglob("adapter_model.safetensors") if "checkpoints" not in p.parts]
     assert adapters == [run / "adapter" / "adapter_model.safetensors"]
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("rank-")) == ["rank-0.log", "rank-1.log"]
-    assert not job_alive(run)
+    pids = job_pids(run)
+    wait_for(lambda: not job_alive(run) and not any(alive(p) for p in pids), "the resumed job's processes to end",
+             limit=60)
 
 
 @pytest.mark.slow

@@ -260,6 +260,18 @@ def _cpu_trainer_class(base):
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            # several CPU processes: the trainer maps the optimizer state to "cpu:<rank>", which torch
+            # cannot restore; on the CPU every rank's state belongs on the one CPU device
+            if checkpoint is None or self.args.world_size <= 1:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            import torch
+
+            optim_file, sched_file = Path(checkpoint) / "optimizer.pt", Path(checkpoint) / "scheduler.pt"
+            if optim_file.is_file() and sched_file.is_file():
+                self.optimizer.load_state_dict(torch.load(optim_file, map_location="cpu", weights_only=True))
+                self.lr_scheduler.load_state_dict(torch.load(sched_file, weights_only=True))
+
     return CpuSFTTrainer
 
 
