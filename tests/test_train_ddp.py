@@ -241,3 +241,28 @@ def test_a_killed_rank_ends_the_run_as_failed_with_no_process_left(demo_model, w
     assert isinstance(failed["step"], int) and failed["step"] >= 1
     shown = medtui("runs", "show", run.name)
     assert "rank 1" in shown.stdout and f"medtui runs resume {run.name}" in shown.stdout, shown.stdout
+
+
+def test_environment_check_says_how_processes_talk():
+    from medtui_engine.envcheck import rule_distributed, run_probe
+    from medtui_engine.train.backends import resolve_backend
+
+    # this machine, probed the way `medtui check` does: torch.distributed in a subprocess
+    t = run_probe(("torch",))["__torch__"]
+    assert t["dist"]["available"] and t["dist"]["gloo"], t
+    lines = rule_distributed(t, gpu_count=0 if not t["cuda_available"] else t["device_count"], unsloth_version=None)
+    if not t["cuda_available"]:
+        assert [(ln.name, ln.value) for ln in lines] == [("several processes (DDP)", "DDP on the CPU uses gloo (available)")]
+    # the rules for GPU boxes, on readings such a box gives
+    box = {"device_count": 4, "dist": {"available": True, "nccl": True, "gloo": True},
+           "peer": [[i, j, not {i, j} == {0, 3}] for i in range(4) for j in range(4) if i != j]}
+    by_name = {ln.name: ln for ln in rule_distributed(box, 4, "2025.11.1")}
+    assert by_name["several GPUs (DDP)"].verdict == "ok" and "NCCL available: 4 GPUs" in by_name["several GPUs (DDP)"].value
+    assert by_name["GPU peer access"].value == "not between 0->3, 3->0"
+    assert "Unsloth 2025.11.1: the unsloth backend trains on one GPU in medtui" in by_name["Unsloth on several GPUs"].value
+    no_nccl = rule_distributed({**box, "dist": {"available": True, "nccl": False, "gloo": True}}, 4, None)
+    assert no_nccl[0].verdict == "problem" and "NCCL is not available" in no_nccl[0].value
+    # several processes: auto trains with hf; Unsloth asked for is refused before anything starts
+    assert resolve_backend("auto", 2) == ("hf", "auto: 2 processes (DDP) train with hf")
+    with pytest.raises(Exception, match="trains on one GPU in medtui"):
+        resolve_backend("unsloth", 2)
