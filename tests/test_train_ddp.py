@@ -142,7 +142,7 @@ def test_gpus_setting_parsing_batch_arithmetic_and_torchrun_passthrough():
     spec = TrainSpec(gpus="2", nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.5:29500", rdzv_id="ward7")
     argv = torchrun_argv("medtui_engine.train.job", Path("/r"), 2, spec, ["--resume"])
     assert argv[1:] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "2", "--node_rank", "1",
-                        "--rdzv_backend", "c10d", "--rdzv_endpoint", "10.0.0.5:29500", "--rdzv_id", "ward7",
+                        "--rdzv_endpoint", "10.0.0.5:29500", "--rdzv_id", "ward7",
                         "-m", "medtui_engine.train.job", "/r", "--worker", "--resume"]
     assert "--standalone" in torchrun_argv("m", Path("/r"), 2, TrainSpec(nproc=2), [])
 

@@ -150,8 +150,8 @@ def torchrun_argv(module: str, run_dir: Path, nproc: int, spec, extra: list[str]
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     nnodes = int(getattr(spec, "nnodes", 1) or 1)
     if nnodes > 1:
-        argv += ["--nnodes", str(nnodes), "--node_rank", str(spec.node_rank),
-                 "--rdzv_backend", "c10d", "--rdzv_endpoint", spec.rdzv_endpoint]
+        # torchrun's static rendezvous honours --node_rank: box 0 holds global rank 0 (the run's writer)
+        argv += ["--nnodes", str(nnodes), "--node_rank", str(spec.node_rank), "--rdzv_endpoint", spec.rdzv_endpoint]
         if spec.rdzv_id:
             argv += ["--rdzv_id", spec.rdzv_id]
     else:
@@ -393,6 +393,18 @@ def supervise(run_dir: Path, module: str, nproc: int, spec, extra: list[str], st
     if terminal:
         print(f"ranks ended: {terminal[-1]['type']}", flush=True)
         return 0 if terminal[-1]["type"] in ("finished", "stopped") else 1
+    if failure is None and int(getattr(spec, "node_rank", 0) or 0) > 0 and pids and all(
+            _marks(ls, DONE_MARK) for r, ls in _rank_lines(run_dir, offsets).items() if r in pids):
+        # another box of a several-box run: its ranks are done; box 0 wrote the adapter
+        writer = EventWriter(run_dir / EVENTS_FILE)
+        try:
+            writer.emit("finished", step=max((m.get("step") or 0) for ls in _rank_lines(run_dir, offsets).values()
+                                             for m in _marks(ls, DONE_MARK)),
+                        adapter="", runtime_s=None, final_loss=None,
+                        note=f"box {spec.node_rank} trained its ranks; box 0 holds the adapter")
+        finally:
+            writer.close()
+        return 0
     step = max((e["step"] for e in mine if e.get("type") in ("log", "checkpoint") and isinstance(e.get("step"), int)),
                default=None)
     if failure is None:  # torchrun ended on its own without a word from rank 0: read the logs

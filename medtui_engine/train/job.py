@@ -431,6 +431,8 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
         return 0
     if rank != 0:  # rank 0 alone writes the adapter and the terminal event
         print(f"rank {rank}: trained to step {step}", flush=True)
+        if heartbeat is not None:
+            heartbeat.halt()
         return 0
     adapter = _write_adapter(trainer.model, loaded.tokenizer, run_dir, spec, backend, step, loaded.load_in_4bit)
     runtime = time.monotonic() - progress.t0
@@ -476,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .backends import resolve_backend
 
-        world = a.nproc * max(1, spec.nnodes) if a.nproc > 1 else 1
+        world = max(1, a.nproc) * max(1, spec.nnodes)
         backend, why = resolve_backend(spec.backend, world)
         ddp_fields = {"world_size": world, "nproc_per_node": a.nproc, "nnodes": spec.nnodes} if world > 1 else {}
         start = writer.emit("job_start", pid=os.getpid(), start_time=proc_start_time(os.getpid()), backend=backend,
@@ -515,14 +517,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _rank_main(run_dir: Path, resume: bool) -> int:
-    """One rank of a several-process run (started by torchrun). Rank 0 writes the events; every
+    """One rank of a several-process run (started by torchrun). Rank 0 writes the events (on other
+    boxes of a several-box run, their first rank writes that box's); every
     rank says in its rank-N.log that it is done, or why it failed (the job reads those lines)."""
     from . import ddp
 
-    rank, _, world = ddp.init_worker(run_dir)
+    rank, local, world = ddp.init_worker(run_dir)
     stop = StopFlag(run_dir)
     stop.install()
-    writer = EventWriter(run_dir / EVENTS_FILE) if rank == 0 else ddp.NullWriter()
+    # the first rank of each box writes that box's events (one box: rank 0 alone); the checkpoints
+    # and the adapter are global rank 0's
+    writer = EventWriter(run_dir / EVENTS_FILE) if local == 0 else ddp.NullWriter()
     progress = Progress()
     heartbeat = None
     try:
@@ -533,7 +538,7 @@ def _rank_main(run_dir: Path, resume: bool) -> int:
         from .backends import resolve_backend
 
         backend, _ = resolve_backend(spec.backend, world)
-        if rank == 0:
+        if local == 0:
             heartbeat = Heartbeat(writer, spec.heartbeat_s)
             heartbeat.beat()
             heartbeat.start()
