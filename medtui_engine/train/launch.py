@@ -66,9 +66,10 @@ def pick_gpus(runs_dir: Path, spec: TrainSpec, force: bool) -> tuple[dict, list[
         return env, warnings, []
     split_batch(spec.micro_batch, spec.grad_accum, plan.world)   # refuses when it cannot divide
     resolve_backend(spec.backend, plan.world)                    # refuses unsloth for several processes
-    env: dict = {}
     warnings: list[str] = []
-    if plan.gpu_indices:
+    if not plan.gpu_indices:  # CPU processes (--nproc): gloo, and no GPU for them even on a GPU box
+        env = {"CUDA_VISIBLE_DEVICES": ""}
+    else:
         from ..runs.guard import busy_gpus
 
         busy = busy_gpus(runs_dir, visible=list(plan.gpu_indices))
