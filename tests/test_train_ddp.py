@@ -266,3 +266,19 @@ def test_environment_check_says_how_processes_talk():
     assert resolve_backend("auto", 2) == ("hf", "auto: 2 processes (DDP) train with hf")
     with pytest.raises(Exception, match="trains on one GPU in medtui"):
         resolve_backend("unsloth", 2)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("train-jobs")
+def test_killing_the_job_ends_torchrun_and_every_rank(demo_model, workspace):
+    """What a stop that times out, or `kill_job`, does: the whole job goes, no rank is left orphaned."""
+    from medtui_engine.runs.jobs import kill_job
+
+    run = start_detached("--max-steps", "200")
+    begin = wait_for(lambda: next((e for e in events_of(run) if e["type"] == "train_begin"), None), "training to begin")
+    pids = job_pids(run)
+    assert {x["pid"] for x in begin["ranks"]} <= set(pids) and len(pids) >= 4, pids
+    assert kill_job(run, signal.SIGKILL)
+    wait_for(lambda: not any(alive(p) for p in pids), "torchrun and both ranks to end with the job", limit=60)
+    _, state = load_run(run)
+    assert state.status == "crashed", state.status
