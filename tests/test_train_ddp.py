@@ -206,6 +206,8 @@ def test_two_ranks_train_stop_and_resume_to_one_adapter(demo_model, workspace):
     assert logs == list(range(1, stop_step + 3))  # one event per step: rank 0 alone writes
     assert [e["type"] for e in events if e["type"] in ("finished", "stopped", "failed")] == ["stopped", "finished"]
     assert all(e["tokens_per_s"] and e["tokens_per_s"] > 0 for e in events if e["type"] == "log")
+    print(f"\n2 gloo processes on the CPU: {[e['tokens_per_s'] for e in events if e['type'] == 'log']} tokens/s "
+          "(total over the ranks) per step")
     # per-rank evidence: each rank's own log has every step, before and after the resume
     for rank in (0, 1):
         assert rank_steps(run, rank) == list(range(1, stop_step + 3)), rank
