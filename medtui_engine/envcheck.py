@@ -99,6 +99,16 @@ if "torch" in names and out["torch"]["imported"]:
             tp["capabilities"] = ["%d.%d" % torch.cuda.get_device_capability(i) for i in range(tp["device_count"])]
         except Exception as e:
             tp["error"] = str(e)[:300]
+    try:  # several processes: the backends torch.distributed has, and which GPUs reach each other
+        import torch.distributed as dist
+        tp["dist"] = {"available": dist.is_available(),
+                      "nccl": bool(dist.is_available() and dist.is_nccl_available()),
+                      "gloo": bool(dist.is_available() and dist.is_gloo_available())}
+        n = tp["device_count"]
+        tp["peer"] = [[i, j, bool(torch.cuda.can_device_access_peer(i, j))]
+                      for i in range(n) for j in range(n) if i != j] if n > 1 else []
+    except Exception as e:
+        tp["dist"] = {"available": False, "error": str(e)[:300]}
     out["__torch__"] = tp
 print("MEDTUI_PROBE " + json.dumps(out))
 """
@@ -239,6 +249,45 @@ def rule_torch(t: dict, gpu_present: bool) -> list[CheckLine]:
     return lines
 
 
+def rule_distributed(t: dict, gpu_count: int, unsloth_version: str | None) -> list[CheckLine]:
+    """Several processes for one run (DDP through torchrun): can the GPUs talk (NCCL, peer access)?
+    On the CPU, DDP uses gloo. And what the Unsloth backend does with several GPUs."""
+    from .train.backends import UNSLOTH_ONE_GPU
+
+    if not t:
+        return []
+    d = t.get("dist") or {}
+    lines = []
+    if not d.get("available"):
+        lines.append(CheckLine("software", "several processes (DDP)", "torch.distributed is not available",
+                               "warning" if gpu_count > 1 else "info",
+                               "install a torch build with distributed support to train on several GPUs"))
+    elif gpu_count > 1 or t.get("device_count", 0) > 1:
+        if d.get("nccl"):
+            lines.append(CheckLine("software", "several GPUs (DDP)", f"NCCL available: {gpu_count} GPUs can train one "
+                                   "run (medtui train --gpus all)", "ok"))
+        else:
+            lines.append(CheckLine("software", "several GPUs (DDP)", "NCCL is not available in torch.distributed",
+                                   "problem", "several GPUs need NCCL: install a CUDA build of torch (it brings NCCL)"))
+        pairs = t.get("peer") or []
+        if pairs:
+            no = [f"{i}->{j}" for i, j, ok in pairs if not ok]
+            if no:
+                lines.append(CheckLine("gpu", "GPU peer access", f"not between {', '.join(no)}", "info",
+                                       "those GPUs exchange gradients through host memory: DDP works, a little slower"))
+            else:
+                lines.append(CheckLine("gpu", "GPU peer access", f"every pair of the {t.get('device_count')} GPUs", "ok"))
+    else:
+        lines.append(CheckLine("software", "several processes (DDP)",
+                               "DDP on the CPU uses gloo" + (" (available)" if d.get("gloo") else " (not available)"),
+                               "info" if d.get("gloo") else "warning",
+                               "trial runs of several processes: medtui train --nproc 2" if d.get("gloo") else ""))
+    if unsloth_version and (gpu_count > 1 or t.get("device_count", 0) > 1):
+        lines.append(CheckLine("software", "Unsloth on several GPUs", f"Unsloth {unsloth_version}: {UNSLOTH_ONE_GPU}",
+                               "info", "several GPUs train with the hf backend (auto picks it for --gpus 2 or more)"))
+    return lines
+
+
 def rule_disk(path: Path, free_bytes: int, min_free_gib: float) -> CheckLine:
     free = free_bytes / 2**30
     value = f"{free:.1f} GiB free at {path}"
@@ -356,6 +405,9 @@ def collect(workspace: Path, settings: dict | None = None, min_free_gib: float =
             lines.append(rule_package(probes[name], gpu_present))
     backend = "unsloth" if gpu_present and probes.get("unsloth", {}).get("imported") else "hf"
     lines.append(CheckLine("software", "training backend (auto)", backend, "ok" if gpu_present or backend == "hf" else "info"))
+    uns = probes.get("unsloth", {})
+    lines.extend(rule_distributed(torch_info, len(nvml.gpus) if gpu_present else 0,
+                                  uns.get("version") if uns.get("imported") else None))
 
     say("reading disk, RAM, CPU")
     target = _existing_parent(workspace)

@@ -116,15 +116,19 @@ def test_round_trip_command_line_spec_and_spec_json(tmp_path: Path):
         allow_identifiers="phone_number,email",
         template="chat", mask_prompt=True, backend="hf", load_in_4bit=False, gradient_checkpointing=False,
         precision="fp32", lora_r=8, lora_alpha=12.5, lora_dropout=0.1, lora_bias="all",
-        target_modules=["q_proj", "v_proj"], micro_batch=2, grad_accum=3, epochs=1.5, max_steps=9,
+        target_modules=["q_proj", "v_proj"], micro_batch=2, grad_accum=4, epochs=1.5, max_steps=9,
         learning_rate=3e-4, max_seq_length=512, warmup_ratio=0.1, scheduler="cosine", optim="adamw_torch",
         weight_decay=0.01, seed=1, eval_fraction=0.2, eval_steps=4, save_steps=3, save_every_epoch=False,
-        keep_checkpoints=2, logging_steps=2, heartbeat_s=1.0)
+        keep_checkpoints=2, logging_steps=2, heartbeat_s=1.0,
+        gpus="0,1", nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.5:29500", rdzv_id="ward7")
     for name in SETTINGS:  # every setting the CLI reaches differs from its default here
-        if name not in NOT_ON_THE_CLI and name not in ("model",):
+        if name not in NOT_ON_THE_CLI and name not in ("model", "nproc"):
             assert getattr(wanted, name) != default_value(name), name
     spec = spec_from_args(parse(*argv_for(wanted)))
     assert spec == wanted
+    # CPU processes exclude GPUs: their own round trip
+    cpu = TrainSpec(data=str(data), nproc=3, grad_accum=6)
+    assert spec_from_args(parse(*argv_for(cpu))) == cpu and cpu.validate() is cpu
     spec.validate()
     run = tmp_path / "run"
     run.mkdir()
@@ -191,7 +195,7 @@ def test_the_form_settings_are_declared_on_the_spec():
     assert [n for n, _ in form_settings()] == [
         "model", "data", "limit_rows", "template", "mask_prompt", "backend", "load_in_4bit", "lora_r", "lora_alpha",
         "lora_dropout", "micro_batch", "grad_accum", "epochs", "max_steps", "learning_rate", "max_seq_length",
-        "eval_fraction", "save_steps"]
+        "eval_fraction", "save_steps", "gpus"]
 
 
 def test_the_cli_prints_the_settings_with_their_flags(tmp_path: Path, workspace: Path):

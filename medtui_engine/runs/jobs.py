@@ -86,7 +86,8 @@ def launch_job(module: str, job_dir: Path, args: list[str] | tuple[str, ...] = (
         os.close(log_fd)
     start = proc_start_time(proc.pid)
     _atomic_write_json(job_dir / JOB_FILE, {
-        "pid": proc.pid, "start_time": start, "module": module, "argv": argv,
+        # the job leads its own process group (pgid = pid): torchrun and its ranks, if any, are in it
+        "pid": proc.pid, "pgid": proc.pid, "start_time": start, "module": module, "argv": argv,
         "started_at": time.time(),
     })
     # nobody waits for the child here: a reaper thread would keep the launcher alive, and when the
@@ -148,11 +149,16 @@ def request_stop(job_dir: Path) -> None:
 
 
 def kill_job(job_dir: Path, sig: int = signal.SIGKILL) -> bool:
-    """Send ``sig`` to the job if it is still the job; True when sent."""
+    """Send ``sig`` to the job if it is still the job; True when sent. A job that leads its own
+    process group gets it with the whole group (torchrun and every rank of a several-process run)."""
     job = read_job(job_dir)
     if job and pid_alive(job.get("pid"), job.get("start_time")):
+        pid = job["pid"]
         try:
-            os.kill(job["pid"], sig)
+            if job.get("pgid") == pid and os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
             return True
         except ProcessLookupError:
             return False

@@ -37,9 +37,18 @@ def gpu_present() -> bool:
     return visible is None or any(i < len(info.gpus) for i in visible)
 
 
-def resolve_backend(requested: str) -> tuple[str, str]:
-    """(backend, why). Raises UserError when the requested backend cannot run here."""
+UNSLOTH_ONE_GPU = ("the unsloth backend trains on one GPU in medtui (its multi-GPU training is not verified with "
+                   "the installed version)")
+
+
+def resolve_backend(requested: str, world: int = 1) -> tuple[str, str]:
+    """(backend, why). Raises UserError when the requested backend cannot run here. With several
+    processes (DDP) ``auto`` picks hf and an explicit ``unsloth`` is refused (see UNSLOTH_ONE_GPU)."""
     has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if world > 1:
+        if requested == "unsloth":
+            raise UserError(f"{UNSLOTH_ONE_GPU}: use --backend hf (or auto) for {world} processes, or --gpus 1")
+        return "hf", "asked for" if requested == "hf" else f"auto: {world} processes (DDP) train with hf"
     if requested == "unsloth":
         if not has_unsloth:
             raise UserError("the unsloth backend was asked for but Unsloth is not installed: "

@@ -156,6 +156,10 @@ def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_f
                    tokens_per_step: float, progress: Progress):
     from transformers import TrainerCallback
 
+    from .ddp import any_rank, rank_env
+
+    rank, _, world = rank_env()
+
     class EventsCallback(TrainerCallback):
         """Turns the trainer's progress into events; asks for a checkpoint and a stop when told."""
 
@@ -172,7 +176,9 @@ def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_f
 
         def on_step_end(self, args, state, control, **kw):
             progress.step = int(state.global_step)
-            if stop.requested() and state.global_step < state.max_steps:
+            if world > 1:  # each rank's own evidence, in its rank-N.log
+                print(f"rank {rank}: step {state.global_step}/{state.max_steps} done", flush=True)
+            if any_rank(stop.requested()) and state.global_step < state.max_steps:
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -254,6 +260,18 @@ def _cpu_trainer_class(base):
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            # several CPU processes: the trainer maps the optimizer state to "cpu:<rank>", which torch
+            # cannot restore; on the CPU every rank's state belongs on the one CPU device
+            if checkpoint is None or self.args.world_size <= 1:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            import torch
+
+            optim_file, sched_file = Path(checkpoint) / "optimizer.pt", Path(checkpoint) / "scheduler.pt"
+            if optim_file.is_file() and sched_file.is_file():
+                self.optimizer.load_state_dict(torch.load(optim_file, map_location="cpu", weights_only=True))
+                self.lr_scheduler.load_state_dict(torch.load(sched_file, weights_only=True))
+
     return CpuSFTTrainer
 
 
@@ -264,6 +282,14 @@ def _nvml_index(torch) -> int:
     cur = torch.cuda.current_device()
     visible = visible_gpu_indices()
     return visible[cur] if visible and cur < len(visible) else cur
+
+
+def _visible_nvml(torch) -> list[int]:
+    """The NVML indices of every GPU this box's ranks use (rank 0's heartbeat reports them all)."""
+    from ..gpu import visible_gpu_indices
+
+    visible = visible_gpu_indices()
+    return list(visible) if visible else list(range(torch.cuda.device_count()))
 
 
 def _record_data(run_dir: Path, record: dict, writer: EventWriter) -> None:
@@ -295,6 +321,12 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
 
     from .backends import load_for_training, optimizer_for
     from .data import data_record, load_train_cases, privacy_record, split_train_eval, tokenize_cases
+    from .ddp import any_rank, gather_ranks, rank_env, split_batch
+
+    rank, _, world = rank_env()
+    grad_accum, batch_note = split_batch(spec.micro_batch, spec.grad_accum, world)
+    if batch_note:
+        writer.emit("notice", message=batch_note, level="info")
 
     # the data first: a bad file should fail in seconds, not after loading a 14B model
     cases, notes = load_train_cases(spec.data, spec.field_question, spec.field_cot, spec.field_response)
@@ -304,16 +336,17 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
         cases = cases[: spec.limit_rows]
     train_cases, eval_cases = split_train_eval(cases, spec.eval_fraction, spec.seed)
     privacy = privacy_record(cases, spec.allow_identifiers)  # the identifier gate, on what is trained
-    _record_data(run_dir, data_record(spec.data, cases, train_cases, eval_cases, spec.eval_fraction, spec.seed,
-                                      privacy), writer)
+    if rank == 0:
+        _record_data(run_dir, data_record(spec.data, cases, train_cases, eval_cases, spec.eval_fraction, spec.seed,
+                                          privacy), writer)
 
     loaded = load_for_training(spec, spec.model, backend)
     if heartbeat is not None and torch.cuda.is_available():
-        heartbeat.gpu_indices = [_nvml_index(torch)]
+        heartbeat.gpu_indices = [_nvml_index(torch)] if world == 1 else _visible_nvml(torch)
     for note in loaded.notices:
         writer.emit("notice", message=note, level="info")
         print("notice:", note, flush=True)
-    if stop.requested():
+    if any_rank(stop.requested()):
         if heartbeat is not None:
             heartbeat.halt()
         writer.emit("stopped", step=0, checkpoint=None, reason=stop.reason or "stop requested")
@@ -336,16 +369,18 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     if note:
         writer.emit("notice", message=note, level="info")
     n = len(train_rows)
-    batches = math.ceil(n / spec.micro_batch)
-    steps_per_epoch = max(1, batches // spec.grad_accum + int(batches % spec.grad_accum > 0))
+    batches = math.ceil(math.ceil(n / world) / spec.micro_batch)   # per process (the sampler shares the rows)
+    steps_per_epoch = max(1, batches // grad_accum + int(batches % grad_accum > 0))
     begin_fields = {
         "steps_per_epoch": steps_per_epoch, "num_examples": n, "train_tokens": counts["tokens"],
-        "micro_batch": spec.micro_batch, "grad_accum": spec.grad_accum, "max_seq_length": spec.max_seq_length,
+        "micro_batch": spec.micro_batch, "grad_accum": grad_accum, "max_seq_length": spec.max_seq_length,
         "model": spec.model, "model_label": spec.model_label, "device": loaded.device,
         # informational extras
         "backend": backend, "precision": loaded.dtype, "load_in_4bit": loaded.load_in_4bit, "optim": optim,
         "eval_examples": len(eval_rows), "truncated": counts["truncated"],
     }
+    if world > 1:  # tokens/s below is the total over the ranks: a step is every rank's batch
+        begin_fields.update(world_size=world, ranks=gather_ranks())
     tokens_per_step = counts["tokens"] / steps_per_epoch
     has_eval = bool(eval_rows)
     eval_strategy = "no"
@@ -354,7 +389,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     cfg = SFTConfig(
         output_dir=str(run_dir / CHECKPOINTS_DIR),
         per_device_train_batch_size=spec.micro_batch, per_device_eval_batch_size=spec.micro_batch,
-        gradient_accumulation_steps=spec.grad_accum, num_train_epochs=spec.epochs,
+        gradient_accumulation_steps=grad_accum, num_train_epochs=spec.epochs,
         max_steps=spec.max_steps if spec.max_steps else -1, learning_rate=spec.learning_rate,
         lr_scheduler_type=spec.scheduler, warmup_steps=spec.warmup_ratio, weight_decay=spec.weight_decay,
         optim=optim, seed=spec.seed, logging_steps=spec.logging_steps,
@@ -366,6 +401,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
         # hf: the trainer turns checkpointing on; Unsloth did it its own way in get_peft_model
         gradient_checkpointing=spec.gradient_checkpointing and backend == "hf",
         dataloader_num_workers=0, dataset_num_proc=None, save_only_model=False,
+        **({"ddp_find_unused_parameters": False} if world > 1 else {}),
     )
     callback = _make_callback(writer, stop, spec, begin_fields, tokens_per_step, progress)
     trainer_cls = SFTTrainer if cuda or backend == "unsloth" else _cpu_trainer_class(SFTTrainer)
@@ -381,7 +417,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt else None)
     state = trainer.state
     step = int(state.global_step)
-    if stop.requested() and step < state.max_steps:
+    if any_rank(stop.requested()) and step < state.max_steps:
         ckpt = progress.last_checkpoint
         if ckpt is None or Path(ckpt).name != f"checkpoint-{step}":
             # the trainer did not save at the stop (it always should): save the full state ourselves
@@ -392,6 +428,11 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
             heartbeat.halt()
         writer.emit("stopped", step=step, checkpoint=ckpt, reason=stop.reason or "stop requested")
         print(f"stopped at step {step}; checkpoint {ckpt}", flush=True)
+        return 0
+    if rank != 0:  # rank 0 alone writes the adapter and the terminal event
+        print(f"rank {rank}: trained to step {step}", flush=True)
+        if heartbeat is not None:
+            heartbeat.halt()
         return 0
     adapter = _write_adapter(trainer.model, loaded.tokenizer, run_dir, spec, backend, step, loaded.load_in_4bit)
     runtime = time.monotonic() - progress.t0
@@ -408,11 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medtui_engine.train.job")
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    ap.add_argument("--nproc", type=int, default=1, help="processes on this box: more than 1 runs them through torchrun")
+    ap.add_argument("--worker", action="store_true", help="one rank of a torchrun run (started by the job)")
     a = ap.parse_args(argv)
     run_dir = Path(a.run_dir).resolve()
 
     apply_offline()
     os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(home_dir() / "cache" / "unsloth_compiled_cache"))
+    if a.worker:
+        return _rank_main(run_dir, a.resume)
     stop = StopFlag(run_dir)
     stop.install()
     writer = EventWriter(run_dir / EVENTS_FILE)
@@ -433,10 +478,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .backends import resolve_backend
 
-        backend, why = resolve_backend(spec.backend)
-        writer.emit("job_start", pid=os.getpid(), start_time=proc_start_time(os.getpid()), backend=backend,
-                    resumed_from=resumed_from, versions=_versions(), backend_reason=why)
+        world = max(1, a.nproc) * max(1, spec.nnodes)
+        backend, why = resolve_backend(spec.backend, world)
+        ddp_fields = {"world_size": world, "nproc_per_node": a.nproc, "nnodes": spec.nnodes} if world > 1 else {}
+        start = writer.emit("job_start", pid=os.getpid(), start_time=proc_start_time(os.getpid()), backend=backend,
+                            resumed_from=resumed_from, versions=_versions(), backend_reason=why, **ddp_fields)
         print(f"job {os.getpid()}: backend {backend} ({why})" + (f", resuming from step {resumed_from}" if a.resume else ""), flush=True)
+        if world > 1:  # the ranks write from here on (rank 0 alone); this process watches them
+            from .ddp import supervise
+
+            writer.close()
+            return supervise(run_dir, "medtui_engine.train.job", a.nproc, spec, ["--resume"] if a.resume else [],
+                             stop, start["seq"])
         heartbeat.beat()
         heartbeat.start()
         return train(run_dir, spec, backend, writer, stop, resume_ckpt, progress, heartbeat)
@@ -461,6 +514,59 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         heartbeat.halt()
         writer.close()
+
+
+def _rank_main(run_dir: Path, resume: bool) -> int:
+    """One rank of a several-process run (started by torchrun). Rank 0 writes the events (on other
+    boxes of a several-box run, their first rank writes that box's); every
+    rank says in its rank-N.log that it is done, or why it failed (the job reads those lines)."""
+    from . import ddp
+
+    rank, local, world = ddp.init_worker(run_dir)
+    stop = StopFlag(run_dir)
+    stop.install()
+    # the first rank of each box writes that box's events (one box: rank 0 alone); the checkpoints
+    # and the adapter are global rank 0's
+    writer = EventWriter(run_dir / EVENTS_FILE) if local == 0 else ddp.NullWriter()
+    progress = Progress()
+    heartbeat = None
+    try:
+        spec = TrainSpec.read(run_dir)
+        resume_ckpt = newest_checkpoint(run_dir) if resume else None
+        if resume_ckpt is not None:
+            progress.step = int(resume_ckpt.name.rsplit("-", 1)[1])
+        from .backends import resolve_backend
+
+        backend, _ = resolve_backend(spec.backend, world)
+        if local == 0:
+            heartbeat = Heartbeat(writer, spec.heartbeat_s)
+            heartbeat.beat()
+            heartbeat.start()
+        code = train(run_dir, spec, backend, writer, stop, resume_ckpt, progress, heartbeat)
+        ddp.mark(ddp.DONE_MARK, rank=rank, step=progress.step)
+        return code
+    except BaseException as exc:
+        from ..errors import UserError
+
+        tb = traceback.format_exc()
+        print(tb, flush=True)
+        if isinstance(exc, UserError):
+            message = str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        else:
+            message = _friendly_error(exc, spec) if "spec" in locals() else str(exc)[:1000]
+        if heartbeat is not None:
+            heartbeat.halt()
+        # the job writes the one failed event, with the first rank's error
+        ddp.mark(ddp.ERROR_MARK, rank=rank, step=progress.step, error=message, error_type=type(exc).__name__,
+                 traceback_tail=tb[-4000:])
+        return 1
+    finally:
+        if heartbeat is not None:
+            heartbeat.halt()
+        writer.close()
+        ddp.finish_worker()
 
 
 if __name__ == "__main__":

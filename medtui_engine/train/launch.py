@@ -52,6 +52,35 @@ def pick_gpu(runs_dir: Path, force: bool) -> tuple[dict, list[str]]:
     return env, warnings
 
 
+def pick_gpus(runs_dir: Path, spec: TrainSpec, force: bool) -> tuple[dict, list[str], list[str]]:
+    """The environment, warnings and job arguments for the spec's processes. One process: the
+    single-GPU choice of :func:`pick_gpu`, unchanged. Several (``--gpus``, ``--nproc``): every GPU
+    asked for must be free of other medtui jobs (unless forced), and the effective batch must split
+    over the processes. UserError otherwise."""
+    from .backends import resolve_backend
+    from .ddp import plan_for, split_batch
+
+    plan = plan_for(spec)
+    if not plan.distributed:
+        env, warnings = pick_gpu(runs_dir, force)
+        return env, warnings, []
+    split_batch(spec.micro_batch, spec.grad_accum, plan.world)   # refuses when it cannot divide
+    resolve_backend(spec.backend, plan.world)                    # refuses unsloth for several processes
+    warnings: list[str] = []
+    if not plan.gpu_indices:  # CPU processes (--nproc): gloo, and no GPU for them even on a GPU box
+        env = {"CUDA_VISIBLE_DEVICES": ""}
+    else:
+        from ..runs.guard import busy_gpus
+
+        busy = busy_gpus(runs_dir, visible=list(plan.gpu_indices))
+        if busy and not force:
+            raise UserError("; ".join(b.describe() for b in busy) + ". Two trainings on one GPU slow both and may "
+                            "run out of memory: stop that run, name other GPUs with --gpus, or pass --force")
+        warnings = [f"warning: {b.describe()}; starting anyway (--force)" for b in busy]
+        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, plan.gpu_indices))}
+    return env, warnings, ["--nproc", str(plan.nproc)]
+
+
 def prepare_spec(spec: TrainSpec) -> TrainSpec:
     """Validate and resolve the spec (model 'demo' -> its directory, absolute paths). UserError if invalid."""
     from ..demo import model_label, resolve_model
@@ -84,10 +113,10 @@ def start_run(runs_dir: Path, spec: TrainSpec, force: bool = False, name: str | 
     spec = prepare_spec(spec)
     spec.allow_identifiers = ",".join(parse_kinds(spec.allow_identifiers))
     audit = check_run_data(spec)
-    gpu_env, warnings = pick_gpu(runs_dir, force)
+    gpu_env, warnings, job_args = pick_gpus(runs_dir, spec, force)
     run_dir = new_run_dir(runs_dir, name or Path(spec.model).name)
     spec.write(run_dir, extra={"gpu": gpu_env.get("CUDA_VISIBLE_DEVICES"), "data_audit": audit.as_dict()})
-    pid = launch_job(JOB_MODULE, run_dir, env={**os.environ, **gpu_env})
+    pid = launch_job(JOB_MODULE, run_dir, job_args, env={**os.environ, **gpu_env})
     return Started(run_dir, pid, tuple(warnings))
 
 
@@ -106,8 +135,12 @@ def resume_run(runs_dir: Path, run_dir: Path, force: bool = False) -> Started:
         raise UserError(f"run {run_dir.name} is still {state.status}; follow it with `medtui runs tail {run_dir.name}`")
     if state.status == JobStatus.FINISHED:
         raise UserError(f"run {run_dir.name} already finished (adapter: {state.adapter}); start a new run to train more")
-    gpu_env, warnings = pick_gpu(runs_dir, force)
+    try:
+        spec_obj = TrainSpec.from_dict(spec)
+    except TypeError as exc:
+        raise UserError(f"run {run_dir.name}: spec.json cannot be read back ({exc})") from None
+    gpu_env, warnings, job_args = pick_gpus(runs_dir, spec_obj, force)
     ckpt = newest_checkpoint(run_dir)
     before = last_seq(run_dir / EVENTS_FILE)
-    pid = launch_job(JOB_MODULE, run_dir, ["--resume"], env={**os.environ, **gpu_env})
+    pid = launch_job(JOB_MODULE, run_dir, ["--resume", *job_args], env={**os.environ, **gpu_env})
     return Started(run_dir, pid, tuple(warnings), past_seq=before, resumed_from=ckpt.name if ckpt else None)

@@ -30,7 +30,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 BIASES = ("none", "all", "lora_only")
 
 # Sections of `medtui train --help`, in order ("" is the command's own section).
-GROUPS = ("", "data fields", "LoRA", "training", "checkpoints and evaluation")
+GROUPS = ("", "data fields", "LoRA", "training", "checkpoints and evaluation", "several GPUs or boxes")
 KINDS = ("text", "int", "float", "number", "bool", "choice", "list")
 
 
@@ -204,6 +204,12 @@ def _identifier_kinds_ok(v: str) -> bool:
     return kinds_ok(v)
 
 
+def _gpus_ok(v: str) -> bool:
+    from .ddp import gpus_ok
+
+    return gpus_ok(v)
+
+
 def _names_ok(v: list) -> bool:
     return all(isinstance(t, str) and t for t in v)
 
@@ -318,6 +324,28 @@ class TrainSpec:
                                   metavar="SECONDS", group="checkpoints and evaluation", hidden=True,
                                   lo=0.2, hi=600, rule="must be 0.2 to 600 seconds")
 
+    # several GPUs (DDP through torchrun) and several boxes (torchrun's own settings, passed through)
+    gpus: str = _setting(
+        "1", label="GPUs", flag="--gpus", metavar="all|N|I,J", group="several GPUs or boxes", check=_gpus_ok,
+        rule="must be all, a count of GPUs (e.g. 2) or GPU indices separated by commas (e.g. 0,1)", form=True,
+        help="GPUs to train on, one process each (DDP through torchrun): all, a count, or indices like 0,1 "
+             "(default 1: one GPU, or the CPU)", hint="1 = one GPU; all, 2, or 0,1 = several (DDP)")
+    nproc: int = _setting(
+        0, label="CPU processes", kind="int", flag="--nproc", metavar="N", group="several GPUs or boxes", lo=0, hi=256,
+        rule="must be 0 (use GPUs) or a number of processes",
+        help="N processes on the CPU (DDP with gloo) instead of GPUs: for trials and tests (default 0)")
+    nnodes: int = _setting(1, label="Boxes", kind="int", flag="--nnodes", metavar="N", group="several GPUs or boxes",
+                           lo=1, hi=1024, rule="must be at least 1",
+                           help="boxes taking part in the run (torchrun --nnodes; default 1)")
+    node_rank: int = _setting(0, label="Box rank", kind="int", flag="--node-rank", metavar="K",
+                              group="several GPUs or boxes", lo=0, rule="must be 0 or more",
+                              help="this box's number, 0 to boxes-1; box 0 writes the run (torchrun --node_rank)")
+    rdzv_endpoint: str = _setting("", label="Rendezvous endpoint", flag="--rdzv-endpoint", metavar="HOST:PORT",
+                                  group="several GPUs or boxes",
+                                  help="where the boxes meet: box 0's address and a free port (torchrun --rdzv_endpoint)")
+    rdzv_id: str = _setting("", label="Rendezvous id", flag="--rdzv-id", metavar="ID", group="several GPUs or boxes",
+                            help="the same id on every box of one run (torchrun --rdzv_id)")
+
     def validate(self, check_files: bool = True) -> TrainSpec:
         """Raise :class:`SpecError` listing every invalid setting; returns self when all is well."""
         problems = [p for name in SETTINGS for p in validate_field(name, getattr(self, name))]
@@ -417,6 +445,30 @@ def cross_problems(spec: TrainSpec) -> list[Problem]:
     if spec.eval_steps and spec.eval_fraction == 0:
         problems.append(Problem("eval_steps", "is set but there is no eval split: set {eval_fraction} too "
                                               "(e.g. 0.05)", refs=("eval_fraction",)))
+    problems += _ddp_problems(spec)
+    return problems
+
+
+def _ddp_problems(spec: TrainSpec) -> list[Problem]:
+    """Several processes: CPU processes or GPUs (not both); boxes need a rendezvous; the effective
+    batch must split evenly over the processes (where their number is known without the machine)."""
+    from .ddp import asked_count, gpus_ok
+
+    problems = []
+    if spec.nproc and str(spec.gpus).strip() != "1":
+        problems.append(Problem("nproc", "is for the CPU: leave {gpus} at 1 with it, or set it to 0 to train on GPUs",
+                                refs=("gpus",)))
+    if spec.nnodes > 1 and not spec.rdzv_endpoint:
+        problems.append(Problem("nnodes", "is more than 1: set {rdzv_endpoint} (box 0's HOST:PORT) on every box",
+                                refs=("rdzv_endpoint",)))
+    if spec.node_rank >= spec.nnodes:
+        problems.append(Problem("node_rank", "must be below {nnodes} (boxes are numbered from 0)", refs=("nnodes",)))
+    per_box = spec.nproc or (asked_count(spec.gpus) if gpus_ok(spec.gpus) else None)
+    world = per_box * spec.nnodes if per_box else None
+    if world and world > 1 and isinstance(spec.grad_accum, int) and spec.grad_accum % world:
+        problems.append(Problem("grad_accum", f"must be a multiple of the {world} training processes, so that the "
+                                              "effective batch ({micro_batch} x grad accumulation) stays what is "
+                                              "asked", refs=("micro_batch",)))
     return problems
 
 
