@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..templates import CHAT_SYSTEM, SEED_PROMPT, check_template, render_prompt
+from ..templates import CHAT_SYSTEM, check_template, render_prompt
 
 GGUF_DIR = "gguf"
 # what ``--gguf`` accepts, in the order the files are written
@@ -77,6 +77,13 @@ def parse_types(value) -> list[str]:
         if t not in out:
             out.append(t)
     return out
+
+
+def gguf_bytes(gtype: str, params: int) -> int:
+    """About how large a GGUF of ``params`` parameters is in ``gtype`` (for the disk check)."""
+    per = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32, "q4_1": 20 / 32,
+           "q4_0": 18 / 32}[gtype]
+    return int(params * per)
 
 
 def _read_config(model_dir: Path) -> dict:
@@ -649,8 +656,8 @@ def verify_files(model_dir: Path, template: str, ggufs: list[Path]) -> dict:
             rec["load_seconds"] = round(time.perf_counter() - t0, 3)
             got = logits_of(model)
             del model
-            diff = max(float((a - b).abs().max()) for a, b in zip(got, ref))
-            agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(got, ref))
+            diff = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))
+            agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(got, ref, strict=True))
             tol = TOLERANCE.get(gtype, 0.05)
             rec.update(max_abs_logit_diff=round(diff, 6), max_abs_logit=round(scale, 6),
                        relative=round(diff / scale, 6) if scale else None, tolerance=tol,
