@@ -149,3 +149,34 @@ def ensure_real_model(rebuild: bool = False) -> Path:
     if rebuild or not _cached_ok(path):
         build_real_model(path, find_gguf())
     return path
+
+
+def describe(path: Path, data_dir: Path | None = None) -> dict:
+    """What `medtui demo --real` shows: where the model is, what it is, and how to use it (the commands
+    use the bundled demo data in ``data_dir``; a run's id replaces RUN)."""
+    try:
+        meta = json.loads((path / REAL_MARKER).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    model = str(path)
+    train_file = data_dir / "demo_train.jsonl" if data_dir else Path("data") / "demo_train.jsonl"
+    params = meta.get("parameters")
+    return {
+        "model": model,
+        "name": REAL_NAME,
+        "label": REAL_LABEL,
+        "architecture": meta.get("architecture"),
+        "parameters": params,
+        "source": meta.get("source"),
+        "what": (f"SmolLM2-135M-Instruct ({meta.get('architecture') or 'a Llama-architecture model'}"
+                 f"{f', {params / 1e6:.0f} M parameters' if params else ''}): real weights of a tiny English-centric "
+                 "instruct model, never trained on clinical text. Fine-tune it to see what training changes; "
+                 "its answers say nothing about clinical quality."),
+        "commands": {
+            "ask": f"medtui ask --model {model} --template chat --temperature 0 \"What is the capital of France?\"",
+            "train": (f"medtui train --model {model} --data {train_file} --backend hf --template chat "
+                      "--field-cot '' --mask-prompt --max-seq-length 512 --no-gradient-checkpointing "
+                      "--lora-r 16 --lora-alpha 32 --lr 1e-3 --epochs 1"),
+            "eval": "medtui eval --model RUN --base auto --temperature 0 --max-new-tokens 96",
+        },
+    }
