@@ -40,10 +40,13 @@ GGUF_DIR = "gguf"
 # what ``--gguf`` accepts, in the order the files are written
 GGUF_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f32")
 DEFAULT_GGUF = "f16"
-# max |logit diff| over the largest |logit| of the merged model, per type: 16-bit types carry the
-# merged weights exactly or nearly (bf16 -> f16 is exact in range); quantized types lose precision
-TOLERANCE = {"f32": 1e-3, "f16": 1e-3, "bf16": 1e-3, "q8_0": 0.05, "q5_1": 0.12, "q5_0": 0.12,
-             "q4_1": 0.25, "q4_0": 0.25}
+# Per type: (max |logit diff| over the largest |logit| of the merged model, least top-1 agreement).
+# 16-bit types carry the merged weights exactly (bf16 -> f16 is exact in range); quantized types lose
+# precision (measured: q8_0 0.08 / 96% on SmolLM2-135M, q4_0 0.10 / 97% on the demo model). A wrong
+# tensor name, layout or hyperparameter gives differences of the order of the logits themselves.
+TOLERANCE = {"f32": 1e-3, "f16": 1e-3, "bf16": 1e-3, "q8_0": 0.15, "q5_1": 0.3, "q5_0": 0.3,
+             "q4_1": 0.5, "q4_0": 0.5}
+MIN_TOP1 = {"f32": 0.99, "f16": 0.99, "bf16": 0.99, "q8_0": 0.9, "q5_1": 0.8, "q5_0": 0.8, "q4_1": 0.7, "q4_0": 0.7}
 # the model types whose tensors and hyperparameters are mapped here (config.json's model_type)
 ARCHITECTURES = ("qwen2", "qwen3", "llama")
 VERIFY_QUESTIONS = ("男，45岁，反复上腹痛3月，进食后加重，伴反酸。", "A 60-year-old woman with sudden chest pain and dyspnoea.")
@@ -645,6 +648,9 @@ def verify_files(model_dir: Path, template: str, ggufs: list[Path]) -> dict:
     for g in ggufs:
         g = Path(g)
         gtype = g.stem.rsplit("-", 1)[-1]
+        if gtype not in TOLERANCE:
+            out[g.name] = {"passed": False, "error": f"{g.name}: the file name does not end in a GGUF type"}
+            continue
         rec: dict = {"type": gtype, "prompts": len(prompts), "positions": sum(int(i.shape[1]) for i in ids)}
         t0 = time.perf_counter()
         try:
@@ -658,11 +664,12 @@ def verify_files(model_dir: Path, template: str, ggufs: list[Path]) -> dict:
             del model
             diff = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))
             agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(got, ref, strict=True))
-            tol = TOLERANCE.get(gtype, 0.05)
+            tol, min_top1 = TOLERANCE[gtype], MIN_TOP1[gtype]
+            top1 = agree / rec["positions"]
             rec.update(max_abs_logit_diff=round(diff, 6), max_abs_logit=round(scale, 6),
                        relative=round(diff / scale, 6) if scale else None, tolerance=tol,
-                       top1_agreement=round(agree / rec["positions"], 4),
-                       passed=bool(scale and diff / scale <= tol and not rec["metadata_mismatches"]))
+                       top1_agreement=round(top1, 4), min_top1_agreement=min_top1,
+                       passed=bool(scale and diff / scale <= tol and top1 >= min_top1 and not rec["metadata_mismatches"]))
             try:
                 gtok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
                 rec["tokenizer_matches"] = all(gtok(p)["input_ids"] == tok(p)["input_ids"] for p in prompts)
