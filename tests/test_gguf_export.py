@@ -151,7 +151,7 @@ def test_demo_merge_writes_verified_gguf(demo_model: Path, workspace: Path, tmp_
     assert [e["passed"] for e in events if e["type"] == "gguf_verified"] == [True, True]
     assert all(not validate_event(e) for e in events)
     follow = medtui("merge", "--follow", result["job_dir"])   # what `medtui merge` prints at the end
-    assert follow.returncode == 0 and f"Ollama  {q8['ollama_create']}" in follow.stdout, follow.stdout
+    assert follow.returncode == 0 and q8["ollama_create"] in follow.stdout and "Ollama" in follow.stdout, follow.stdout
 
     # metadata, read back with the gguf library's own reader
     r = GGUFReader(str(out / "gguf" / q8["file"]))
@@ -195,3 +195,31 @@ def test_real_model_gguf_round_trip(real_model: Path, tmp_path: Path) -> None:
     assert mf["from"] == f"./{f['file']}" and mf["system"] == CHAT_SYSTEM
     assert render_ollama_template(mf["template"], mf["system"], QUESTION) == render_prompt("chat", QUESTION, tok)
     assert [v for k, v in mf["parameters"] if k == "stop"] == ["<|im_end|>", "<|endoftext|>"]
+
+
+async def test_merge_dialog_g_asks_for_gguf(workspace: Path, demo_model: Path) -> None:
+    """The TUI's merge dialog: g adds GGUF f16 and q8_0 to the plan (and takes them off again)."""
+    from helpers import wait_for_screen, wait_until
+    from textual.app import App
+    from textual.widgets import Static
+
+    from medtui.widgets.merge_dialog import MergeDialog, open_merge_dialog
+    from medtui_engine.context import load_context
+
+    class Host(App[None]):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ctx = load_context(workspace)
+
+    adapter = make_adapter(demo_model, workspace / "lora", r=4)
+    app = Host()
+    async with app.run_test(size=(120, 40)) as pilot:
+        open_merge_dialog(app, adapter)
+        dialog = await wait_for_screen(pilot, MergeDialog)
+        plan = lambda: str(dialog.query_one("#merge-plan", Static).render())  # noqa: E731
+        await wait_until(pilot, lambda: "GGUF" in plan() and "none" in plan().split("GGUF", 1)[1][:20], "no GGUF", 60)
+        await pilot.press("g")
+        await wait_until(pilot, lambda: "f16, q8_0 (each verified" in plan(), "GGUF in the plan", 60)
+        assert dialog.plan.gguf == ["f16", "q8_0"]
+        await pilot.press("g")
+        await wait_until(pilot, lambda: dialog.plan is not None and dialog.plan.gguf == [], "GGUF off", 60)

@@ -202,6 +202,8 @@ def describe_merge_plan(plan) -> list[Row]:
     ]
     if not p.adapter_only:
         rows.append(Row("Method", f"{p.method}: {p.method_reason}" if p.method_reason else p.method))
+        rows.append(Row("GGUF", (", ".join(p.gguf) + " (each verified against the merged model, with an Ollama "
+                                 "Modelfile)") if p.gguf else "none"))
     if p.trained_4bit and not p.adapter_only:
         rows.append(Row("Note", "the run asked for a 4-bit load of the base; the merge reads the 16-bit base weights",
                         Severity.WARNING))
