@@ -129,7 +129,7 @@ def test_demo_merge_writes_verified_gguf(demo_model: Path, workspace: Path, tmp_
               f"(relative {v['relative']}, tolerance {v['tolerance']}); top-1 {v['top1_agreement']}")
         assert v["passed"] and v["metadata_mismatches"] == [] and v["relative"] <= v["tolerance"], v
         assert v["positions"] > 100 and v["top1_agreement"] >= v["min_top1_agreement"]
-        assert f["ollama_create"] == f"ollama create {f['file'][:-len(f['type']) - 6]}:{f['type'].replace('_', '-')} " \
+        assert f["ollama_create"] == f"ollama create {f['file'][:-len(f['type']) - 6]}:{f['type']} " \
                                      f"-f {out / 'gguf' / f['modelfile']}"
         assert (out / "gguf" / f["file"]).is_file() and sha256_file(out / "gguf" / f["file"]) == \
             prov["files"][f"gguf/{f['file']}"]["sha256"]

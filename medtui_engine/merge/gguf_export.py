@@ -197,7 +197,7 @@ def _quote_modelfile(text: str) -> str:
 
 def ollama_name(name: str, gtype: str) -> str:
     base = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._") or "medtui-model"
-    return f"{base}:{gtype.replace('_', '-')}"
+    return f"{base}:{gtype}"
 
 
 def modelfile_text(gguf_name: str, template: str, tokenizer, stop_texts: list[str],

@@ -140,7 +140,8 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
         files = file_hashes(tmp, merge.get("hashes"))
         serve = vllm_command(out, plan.dtype, served_name(plan.run_id, out), plan.adapter_only, plan.base_dir)
         prov = provenance(plan, merge, record, files, serve, seconds, card)
-        prov["gguf"] = gguf_entry
+        if gguf_entry is not None:   # medtui.json has a gguf entry only where GGUF was asked for
+            prov["gguf"] = gguf_entry
         if gguf_entry and (not gguf_entry.get("done") or gguf_entry.get("passed") is False):
             prov["warnings"].append(f"GGUF: {gguf_entry.get('why')}")
         fsync_tree(tmp)
