@@ -41,6 +41,7 @@ class PlanRequest:
     dtype: str | None
     adapter_only: bool
     force: bool
+    gguf: tuple = ()
 
 
 class MergeDialog(ModalScreen[str | None]):
@@ -67,6 +68,7 @@ class MergeDialog(ModalScreen[str | None]):
                 tooltip="Export the adapter for vLLM --enable-lora instead of merging"),
         Binding("f", "toggle_force", "Replace existing", id="merge-force",
                 tooltip="Replace an existing output once the new one is verified"),
+        Binding("g", "toggle_gguf", "GGUF", id="merge-gguf", tooltip="Also write GGUF f16 and q8_0 files for llama.cpp and Ollama"),
         Binding("escape", "close", "Close", id="merge-close", tooltip="Close (a started merge goes on)"),
     ]
 
@@ -118,7 +120,7 @@ class MergeDialog(ModalScreen[str | None]):
         ctx = self.app.ctx
         try:
             plan = make_plan(req.source, dtype=req.dtype, adapter_only=req.adapter_only, force=req.force,
-                             runs_dir=ctx.runs_dir, merged_dir=ctx.merged_dir)
+                             gguf=list(req.gguf), runs_dir=ctx.runs_dir, merged_dir=ctx.merged_dir)
             self.post_message(self.Planned(plan, None, False))
         except OutputExists as exc:
             self.post_message(self.Planned(None, str(exc), True))
@@ -137,7 +139,8 @@ class MergeDialog(ModalScreen[str | None]):
             return
         rows = describe_merge_plan(msg.plan)
         if not msg.plan.adapter_only:
-            rows = [replace(r, hint="d switches bf16/fp16") if r.label == "Dtype" else r for r in rows]
+            rows = [replace(r, hint="d switches bf16/fp16") if r.label == "Dtype" else
+                    replace(r, hint="g switches GGUF on/off") if r.label == "GGUF" else r for r in rows]
         box.update(rows_text(rows))
         status.update("Enter starts the merge as a background job (closing this dialog does not stop it). "
                       "It is verified before it is installed.")
@@ -154,6 +157,9 @@ class MergeDialog(ModalScreen[str | None]):
 
     def action_toggle_adapter_only(self) -> None:
         self._replan(adapter_only=not self.request.adapter_only)
+
+    def action_toggle_gguf(self) -> None:
+        self._replan(gguf=() if self.request.gguf else ("f16", "q8_0"))
 
     def action_toggle_force(self) -> None:
         self._replan(force=not self.request.force)

@@ -29,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("bf16", "fp16"), help="weights of the merged model (default: bf16, fp16 on GPUs without bf16)")
     parser.add_argument("--force", action="store_true", help="replace an existing output (only once the new one is complete and verified)")
     parser.add_argument("--adapter-only", action="store_true", help="export the adapter for serving with the base (vLLM --enable-lora) instead of merging")
-    parser.add_argument("--gguf", action="store_true", help="also write a GGUF file (needs a local llama.cpp; otherwise says what to install)")
+    from ..merge.gguf_export import DEFAULT_GGUF, GGUF_TYPES
+
+    parser.add_argument("--gguf", nargs="?", const=DEFAULT_GGUF, metavar="TYPES",
+                        help=f"also write GGUF files for llama.cpp and Ollama, each with a Modelfile, verified against the "
+                             f"merged model: comma-separated types from {', '.join(GGUF_TYPES)} (default {DEFAULT_GGUF})")
     parser.add_argument("--verify-tokens", type=int, metavar="N", help="greedy tokens each probe answer may take before it counts as cut off (default 1024; 32 for the demo model)")
     # kept so that scripts written for earlier versions still run: a model that does not stop by itself
     # is now installed with a warning, so there is nothing left to accept
@@ -72,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from ..jobs.describe import describe_merge_plan
     from ..merge.launch import start_merge
     from ..merge.plan import make_plan
-    from ..merge.serve import GGUF_HELP, find_gguf_converter
     from ..rows import format_rows
 
     plan = make_plan(args.source, base=args.base, out=args.out, dtype=args.dtype, adapter_only=args.adapter_only,
@@ -83,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_rows(describe_merge_plan(plan)))
         return EXIT_OK
-    if args.gguf and find_gguf_converter() is None and not args.json:
-        print(f"note: {GGUF_HELP}", file=sys.stderr)
     if args.accept_no_eos and not args.json:
         print(f"note: {ACCEPT_NO_EOS_NOTE}", file=sys.stderr)
     options = {"verify_tokens": args.verify_tokens}

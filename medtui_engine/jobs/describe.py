@@ -68,6 +68,10 @@ def describe_merge_progress(state: MergeState) -> Row | None:
         return Row("merge", "...")
     if state.phase == "verify":
         return Row("verify", "loading the merged model with plain transformers and comparing it with base + adapter ...")
+    if state.phase == "gguf":
+        done = len(state.gguf_files)
+        return Row("gguf", f"{done} file(s) written; writing GGUF, then loading each back in a fresh process and "
+                           "comparing its logits with the merged model ...")
     if state.phase and state.phase != "done":
         return Row(state.phase, "...")
     return None
@@ -89,6 +93,14 @@ def _merge_event(ev: dict, state: MergeState) -> Row | None:
         return describe_merge_progress(state)
     if kind == "merge_written":
         return Row("written", f"in {_f(ev.get('seconds'), '.1f')} s ({ev.get('shards')} shard(s), on {ev.get('device')}); verifying")
+    if kind == "gguf_written":
+        return Row("gguf", f"{ev.get('gguf_type')} written: {ev.get('file')} ({(ev.get('bytes') or 0) / 2**20:.1f} MiB "
+                           f"in {_f(ev.get('seconds'), '.1f')} s)")
+    if kind == "gguf_verified":
+        ok = bool(ev.get("passed"))
+        return Row("gguf", f"{ev.get('gguf_type')} loads back: max |logit diff| {ev.get('max_abs_logit_diff')} "
+                           f"(tolerance {ev.get('tolerance')} of the largest logit)" + ("" if ok else "; FAILED, removed"),
+                   Severity.OK if ok else Severity.PROBLEM)
     if kind == "merge_verified":
         v = state.verification
         failed = v.get("failed_checks")
@@ -193,6 +205,8 @@ def describe_merge_plan(plan) -> list[Row]:
     ]
     if not p.adapter_only:
         rows.append(Row("Method", f"{p.method}: {p.method_reason}" if p.method_reason else p.method))
+        rows.append(Row("GGUF", (", ".join(p.gguf) + " (each verified against the merged model, with an Ollama "
+                                 "Modelfile)") if p.gguf else "none"))
     if p.trained_4bit and not p.adapter_only:
         rows.append(Row("Note", "the run asked for a 4-bit load of the base; the merge reads the 16-bit base weights",
                         Severity.WARNING))
@@ -268,8 +282,27 @@ def describe_merge_result(state: MergeState, result: dict | None = None, *, stat
     rows.append(Row("Serve", state.serve_command or "", Severity.OK))
     g = (result or {}).get("gguf")
     if isinstance(g, dict):
-        rows.append(Row("GGUF", str(g.get("path")), Severity.OK) if g.get("done") else
-                    Row("GGUF", "not written", Severity.WARNING, str(g.get("why") or "")))
+        rows += _gguf_rows(g)
+    return rows
+
+
+def _gguf_rows(g: dict) -> list[Row]:
+    """The GGUF files of a merge (medtui.json's gguf entry): each checked file and its ``ollama create``."""
+    if not g.get("done"):
+        return [Row("GGUF", "not written", Severity.WARNING, str(g.get("why") or ""))]
+    rows = []
+    for f in g.get("files") or []:
+        v = f.get("verification") or {}
+        if f.get("removed"):
+            rows.append(Row("GGUF", f"{f.get('type')}: failed its check and was removed",
+                            Severity.PROBLEM, str(v.get("error") or f"max |logit diff| {v.get('max_abs_logit_diff')}")))
+            continue
+        rows.append(Row("GGUF", f"{Path(g.get('path') or '') / str(f.get('file'))} ({f.get('type')}; max |logit diff| "
+                                f"{v.get('max_abs_logit_diff')} vs the merged model, tolerance {v.get('tolerance')} of "
+                                "the largest logit)", Severity.OK))
+        rows.append(Row("Ollama", str(f.get("ollama_create")), Severity.OK))
+    if g.get("why"):
+        rows.append(Row("GGUF", str(g["why"]), Severity.WARNING))
     return rows
 
 

@@ -295,6 +295,8 @@ def render_card(plan: MergePlan, record: dict, versions: dict, merge: dict | Non
     out.append("- Loads with plain transformers (peft and unsloth not needed).")
     out.append("")
 
+    out += gguf_lines((merge or {}).get("gguf"))
+
     out += ["## Versions", "", "| package | merge | training |", "| --- | --- | --- |"]
     trained = (curves or {}).get("versions") or {}
     for pkg in dict.fromkeys([*versions, *trained]):
@@ -309,6 +311,25 @@ def render_card(plan: MergePlan, record: dict, versions: dict, merge: dict | Non
              "evaluation": str(evaluation[0]) if evaluation else None, "license": lic,
              "training_summary": {k: v for k, v in (curves or {}).items() if k != "versions"} or None}
     return "\n".join(out), found
+
+
+def gguf_lines(entry: dict | None) -> list[str]:
+    """The card's GGUF section: each file that passed its check, with its figures and Ollama command."""
+    files = [f for f in (entry or {}).get("files") or [] if not f.get("removed")]
+    if not entry:
+        return []
+    out = ["## GGUF (llama.cpp, Ollama)", ""]
+    if not files:
+        return out + [f"- Not written: {entry.get('why') or 'no file passed its check'}", ""]
+    for f in files:
+        v = f.get("verification") or {}
+        check = (f"max |logit diff| {v.get('max_abs_logit_diff')} against this model (tolerance "
+                 f"{v.get('tolerance'):.1%} of the largest logit), top-1 agreement {v.get('top1_agreement'):.2%}"
+                 if v.get("passed") else "not verified")
+        out.append(f"- `gguf/{f['file']}` ({f['type']}, {f['bytes'] / 2**20:.1f} MiB): {check}; "
+                   f"Ollama: `{f['ollama_create']}` (the Modelfile `gguf/{f['modelfile']}` holds the `{entry.get('template')}` "
+                   "template and its stop tokens)")
+    return out + [""]
 
 
 def write_card(plan: MergePlan, out_dir: Path, record: dict, versions: dict, merge: dict | None = None) -> dict:

@@ -34,7 +34,8 @@ class MergeState:
     error: str | None = None
     error_type: str | None = None
     serve_command: str | None = None
-    gguf: str | None = None
+    gguf: dict | None = None             # medtui.json's gguf entry (at the end)
+    gguf_files: list = field(default_factory=list)   # gguf_written / gguf_verified as they come
     runtime_s: float | None = None
     last_event_t: float | None = None
 
@@ -69,12 +70,20 @@ def apply_merge_event(state: MergeState, ev: dict) -> MergeState:
         state.phase = "verify"
     elif kind == "merge_verified":
         state.verification = dict(ev.get("record") or {k: ev.get(k) for k in ("max_abs_logit_diff", "top1_agreement", "failed_checks")})
+    elif kind == "gguf_written":
+        state.phase = "gguf"
+        state.gguf_files.append({k: ev.get(k) for k in ("gguf_type", "file", "bytes", "seconds")})
+    elif kind == "gguf_verified":
+        for f in state.gguf_files:
+            if f.get("gguf_type") == ev.get("gguf_type"):
+                f.update(passed=bool(ev.get("passed")), max_abs_logit_diff=ev.get("max_abs_logit_diff"),
+                         tolerance=ev.get("tolerance"))
     elif kind == "finished":
         state.status = JobStatus.FINISHED
         state.phase = "done"
         state.out = str(ev.get("out") or state.out)
         state.serve_command = ev.get("serve_command")
-        state.gguf = ev.get("gguf")
+        state.gguf = ev.get("gguf") if isinstance(ev.get("gguf"), dict) else None
         state.runtime_s = ev.get("runtime_s")
     elif kind == "failed":
         state.status = JobStatus.FAILED

@@ -14,10 +14,12 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
+from ..errors import UserError
 from .card import write_card
 from .core import file_hashes, write_adapter_export, write_model
+from .gguf_export import parse_types
 from .plan import OWNER_FILE, PROVENANCE, MergePlan, claim_partial, partial_dir_for, stale_partials
-from .serve import GGUF_HELP, export_gguf, find_gguf_converter, served_name, vllm_command
+from .serve import served_name, vllm_command
 from .stfiles import fsync_tree
 from .verify import verify, verify_adapter_export
 
@@ -131,11 +133,17 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
         (Path(job_dir) / "verification.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
         if not record.get("passed"):
             raise VerificationFailed(record)
+        gguf_entry = _write_gguf(plan, tmp, out, job_dir, writer, seconds) if parse_types(plan.gguf) and not plan.adapter_only else None
+        merge["gguf"] = gguf_entry
         (tmp / OWNER_FILE).unlink(missing_ok=True)
         card = None if plan.adapter_only else write_card(plan, tmp, record, versions(), merge)
         files = file_hashes(tmp, merge.get("hashes"))
         serve = vllm_command(out, plan.dtype, served_name(plan.run_id, out), plan.adapter_only, plan.base_dir)
         prov = provenance(plan, merge, record, files, serve, seconds, card)
+        if gguf_entry is not None:   # medtui.json has a gguf entry only where GGUF was asked for
+            prov["gguf"] = gguf_entry
+        if gguf_entry and (not gguf_entry.get("done") or gguf_entry.get("passed") is False):
+            prov["warnings"].append(f"GGUF: {gguf_entry.get('why')}")
         fsync_tree(tmp)
         # medtui.json last: a directory without it was never finished
         with open(tmp / PROVENANCE, "w", encoding="utf-8") as fh:
@@ -146,12 +154,28 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prov["gguf"] = None
-    if plan.gguf and not plan.adapter_only:
-        if find_gguf_converter() is None:
-            prov["gguf"] = {"done": False, "why": GGUF_HELP}
-        else:
-            writer.emit("merge_progress", phase="gguf", done=0, total=1, bytes_written=None)
-            path = export_gguf(out, plan.dtype, Path(job_dir) / "gguf.log")
-            prov["gguf"] = {"done": True, "path": str(path)}
     return prov
+
+
+def _write_gguf(plan: MergePlan, tmp: Path, out: Path, job_dir: Path, writer, seconds: dict) -> dict:
+    """GGUF files of the verified merge, written into its partial directory (so medtui.json, the card
+    and the file hashes include them). A GGUF that cannot be written or fails its check does not
+    refuse the merged model: the entry says why, and medtui.json carries it as a warning."""
+    import traceback
+
+    from .gguf_export import export, failed_entry
+
+    types = parse_types(plan.gguf)
+    log = Path(job_dir) / "gguf.log"
+    writer.emit("merge_progress", phase="gguf", done=0, total=len(types), bytes_written=None)
+    t0 = time.perf_counter()
+    try:
+        entry = export(tmp, types, template=plan.template, name=served_name(plan.run_id, out), install_dir=out,
+                       emit=writer.emit, log_path=log)
+    except Exception as exc:  # noqa: BLE001 - the merged model stays good; the reason goes into medtui.json
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(traceback.format_exc())
+        shutil.rmtree(tmp / "gguf", ignore_errors=True)
+        entry = failed_entry(types, f"{exc} (details in {log})" if not isinstance(exc, UserError) else str(exc))
+    seconds["gguf"] = round(time.perf_counter() - t0, 3)
+    return entry

@@ -62,15 +62,19 @@ class MergePlan:
     disk_free: int = 0
     out_exists: bool = False
     force: bool = False
-    gguf: bool = False
+    gguf: list = field(default_factory=list)   # GGUF types to write beside the merged model (f16, q8_0, ...)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> MergePlan:
+        from .gguf_export import parse_types
+
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        plan = cls(**{k: v for k, v in d.items() if k in known})
+        plan.gguf = parse_types(plan.gguf)   # specs written before GGUF types existed said true/false
+        return plan
 
 
 def _read_json(path: Path) -> dict:
@@ -195,7 +199,7 @@ def default_out(run_dir: Path | None, adapter_dir: Path, merged_dir: Path, adapt
 
 
 def make_plan(source: str | os.PathLike[str], *, base: str | None = None, out: str | None = None,
-              dtype: str | None = None, adapter_only: bool = False, force: bool = False, gguf: bool = False,
+              dtype: str | None = None, adapter_only: bool = False, force: bool = False, gguf=None,
               runs_dir: Path | None = None, merged_dir: Path | None = None, check_disk: bool = True) -> MergePlan:
     """Resolve and check everything; raise UserError (one clear message) for anything the user must fix."""
     if dtype is not None and dtype not in DTYPES:
@@ -214,6 +218,13 @@ def make_plan(source: str | os.PathLike[str], *, base: str | None = None, out: s
         raise UserError(f"base model: {exc}") from None
     check_against_base(adapter, tensors, cfg, base_dir)
     params = sum(t.numel for t in tensors.values())
+    from .gguf_export import check_exportable, gguf_bytes, parse_types
+
+    gguf_types = parse_types(gguf)
+    if gguf_types and adapter_only:
+        raise UserError("--gguf needs a merged model: drop --adapter-only (an adapter alone cannot be written as GGUF)")
+    if gguf_types:
+        check_exportable(base_dir, cfg)
     template = str(spec.get("template") or meta.get("template") or "seed")
 
     if out:
@@ -232,7 +243,7 @@ def make_plan(source: str | os.PathLike[str], *, base: str | None = None, out: s
     if adapter_only:
         needed = (adapter_dir / "adapter_model.safetensors").stat().st_size + tok_bytes
     else:
-        needed = params * 2 + tok_bytes
+        needed = params * 2 + tok_bytes + sum(gguf_bytes(t, params) for t in gguf_types)
     needed = int(needed * DISK_MARGIN) + DISK_SLACK_BYTES
     free = disk_free(out_dir.parent)
     if check_disk and free < needed:
@@ -255,7 +266,7 @@ def make_plan(source: str | os.PathLike[str], *, base: str | None = None, out: s
         base_params=params, lora=lora, adapter_step=step if step is not None else meta.get("step"), adapter_kind=kind,
         backend=meta.get("backend") or spec.get("backend"), trained_4bit=bool(meta.get("base_loaded_in_4bit", spec.get("load_in_4bit"))),
         method=method, method_reason=reason, disk_needed=needed, disk_free=free, out_exists=exists, force=force,
-        gguf=gguf,
+        gguf=gguf_types,
     )
 
 

@@ -55,6 +55,10 @@ MERGE_EVENT_TYPES: dict[str, dict[str, tuple]] = {
     "merge_written": {"seconds": _NUM, "bytes": _NUM, "shards": (int,), "device": (str,)},
     # verification figures (the same record goes into medtui.json)
     "merge_verified": {"max_abs_logit_diff": _OPT_NUM, "top1_agreement": _OPT_NUM, "failed_checks": (list,)},
+    # one GGUF file written (in the merge's partial directory; ``file`` is where it will be once installed)
+    "gguf_written": {"gguf_type": (str,), "file": (str,), "bytes": _NUM, "seconds": _NUM},
+    # that file loaded back in a fresh process and compared with the merged model (``passed`` is an extra bool)
+    "gguf_verified": {"gguf_type": (str,), "max_abs_logit_diff": _OPT_NUM, "tolerance": _OPT_NUM},
 }
 EVENT_TYPES.update(MERGE_EVENT_TYPES)
 
