@@ -159,19 +159,6 @@ def test_refuses_a_run_still_training(run_dir: Path) -> None:
     assert make_plan(str(run_dir / "checkpoints" / "checkpoint-2"), out=str(run_dir / "m")).adapter_step == 2
 
 
-def test_gguf_without_llama_cpp_explains(monkeypatch, tmp_path: Path) -> None:
-    from medtui_engine.merge.serve import GGUF_HELP, find_gguf_converter
-
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
-    assert find_gguf_converter() is None
-    assert "convert_hf_to_gguf.py" in GGUF_HELP and "LLAMA_CPP_DIR" in GGUF_HELP
-    (tmp_path / "llama.cpp").mkdir()
-    (tmp_path / "llama.cpp" / "convert_hf_to_gguf.py").write_text("")
-    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path / "llama.cpp"))
-    assert find_gguf_converter() == tmp_path / "llama.cpp" / "convert_hf_to_gguf.py"
-
-
 def test_light_modules_import_nothing_heavy() -> None:
     code = ("import sys\n"
             "import medtui_engine.merge.plan, medtui_engine.merge.events, medtui_engine.merge.pipeline\n"

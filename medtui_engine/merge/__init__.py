@@ -2,5 +2,5 @@
 
 ``plan`` (files only: what will happen, refusals), ``core`` (the merge), ``verify`` + ``probe``
 (proof), ``pipeline`` (temp dir -> verify -> medtui.json -> rename), ``job`` (the detached process),
-``events`` (its events and reducer), ``serve`` (vLLM command, GGUF). Nothing heavy at import time.
+``events`` (its events and reducer), ``serve`` (the vLLM command), ``gguf_export`` (GGUF files and an Ollama Modelfile). Nothing heavy at import time.
 """
