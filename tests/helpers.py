@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -130,3 +132,9 @@ def nvidia_gpus() -> int:
         return pynvml.nvmlDeviceGetCount()
     finally:
         pynvml.nvmlShutdown()
+
+
+# Tests that start training (or other model) jobs. Where there is a GPU they run one after another on one
+# xdist worker (--dist loadgroup): the product lets one training job use a GPU at a time. On a CPU machine
+# there is no such guard, and they spread over the workers like any other test.
+TRAIN_JOBS = pytest.mark.xdist_group("train-jobs") if nvidia_gpus() else pytest.mark.train_jobs

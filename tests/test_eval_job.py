@@ -10,8 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from helpers import wait_for
+from helpers import TRAIN_JOBS, wait_for
 
 from medtui_engine.jobs.follow import JobFollower
 from medtui_engine.jobs.status import JobStatus
@@ -38,7 +37,7 @@ def answered(job_dir: Path) -> Counter:
     return seen
 
 
-@pytest.mark.xdist_group("train-jobs")
+@TRAIN_JOBS
 def test_stop_and_resume_without_redone_cases(demo_model, workspace):
     started = medtui("eval", "--model", "demo", "--base", "demo", "--limit", str(CASES), "--samples", str(SAMPLES),
                      "--max-new-tokens", "6", "--detach", "--json")
@@ -147,7 +146,7 @@ def test_a_torn_last_answer_line_is_dropped(tmp_path):
     assert path.read_bytes().count(b"\n") == 2
 
 
-@pytest.mark.xdist_group("train-jobs")
+@TRAIN_JOBS
 def test_batched_job_answers_as_one_at_a_time_and_reports_its_pace(demo_model, workspace):
     """The job's batched path (``--batch``): the same greedy answers as one case at a time, the batch on
     every answer event, and the pace in the report (the equality on varied answers: test_infer_batch)."""

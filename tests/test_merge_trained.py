@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TRAIN_JOBS
 
 from medtui_engine.merge.pipeline import execute
 from medtui_engine.merge.plan import make_plan
@@ -32,7 +33,7 @@ def train(workspace: Path, backend: str) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("train-jobs")  # one training at a time on a GPU (the GPU guard)
+@TRAIN_JOBS
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
 def test_trained_adapter_merges_verified(backend: str, workspace: Path, demo_model: Path) -> None:
     run = train(workspace, backend)

@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from helpers import TRAIN_JOBS, wait_until
 from privacy_data import VALUES, write_jsonl
 
 from medtui_engine.runs.jobs import kill_job, wait_job
 
 ROOT = Path(__file__).resolve().parents[1]
 # real jobs: one training at a time under pytest-xdist (the GPU guard refuses a second job on a GPU)
-pytestmark = pytest.mark.xdist_group("train-jobs")
+pytestmark = TRAIN_JOBS
 QUICK = ["--model", "demo", "--backend", "hf", "--max-steps", "1", "--max-seq-length", "64", "--micro-batch", "1",
          "--grad-accum", "1", "--lora-r", "4", "--lora-alpha", "8", "--heartbeat", "1"]
 ALL_KINDS = "id_number,phone_number,email,record_number,name_field"

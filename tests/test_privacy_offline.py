@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TRAIN_JOBS
 
 from medtui_engine.privacy.netguard import LOG_ENV, REFUSE_ENV, SITECUSTOMIZE, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train-jobs")]
+pytestmark = [pytest.mark.slow, TRAIN_JOBS]
 
 
 def medtui(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TRAIN_JOBS
 
 from medtui_engine.demo import model_label
 from medtui_engine.realmodel import INSTALL_COMMAND, REAL_LABEL, REAL_MARKER, is_real_model
@@ -24,7 +25,7 @@ from medtui_engine.realmodel import INSTALL_COMMAND, REAL_LABEL, REAL_MARKER, is
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "data" / "demo_train.jsonl"
 EVAL = ROOT / "data" / "demo_eval.jsonl"
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train-jobs")]
+pytestmark = [pytest.mark.slow, TRAIN_JOBS]
 
 # The fine-tune: chat template (the model's own ChatML format), no reasoning (the answer starts right
 # after an empty think block, so its first section is within a short generation), loss on the answer only,

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TRAIN_JOBS
 
 from medtui_engine.runs.events import read_events, validate_event
 from medtui_engine.runs.jobs import job_alive, read_job
@@ -163,7 +164,7 @@ def test_cli_refuses_what_several_processes_cannot_do(demo_model, workspace):
 # ------------------------------------------------------------------ real two-process runs (slow)
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("train-jobs")
+@TRAIN_JOBS
 def test_two_ranks_train_stop_and_resume_to_one_adapter(demo_model, workspace):
     run = start_detached("--max-steps", "40")
     wait_for(lambda: any(e["type"] == "log" and e["step"] >= 2 for e in events_of(run)), "two steps")
@@ -222,7 +223,7 @@ def test_two_ranks_train_stop_and_resume_to_one_adapter(demo_model, workspace):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("train-jobs")
+@TRAIN_JOBS
 def test_a_killed_rank_ends_the_run_as_failed_with_no_process_left(demo_model, workspace):
     run = start_detached("--max-steps", "200")
     begin = wait_for(lambda: next((e for e in events_of(run) if e["type"] == "train_begin"), None), "training to begin")
@@ -271,7 +272,7 @@ def test_environment_check_says_how_processes_talk():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("train-jobs")
+@TRAIN_JOBS
 def test_killing_the_job_ends_torchrun_and_every_rank(demo_model, workspace):
     """What a stop that times out, or `kill_job`, does: the whole job goes, no rank is left orphaned."""
     from medtui_engine.runs.jobs import kill_job

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TRAIN_JOBS
 
 from medtui_engine.runs.events import read_events, validate_event
 from medtui_engine.runs.jobs import job_alive, kill_job, read_job
@@ -26,7 +27,7 @@ from medtui_engine.runs.store import load_run
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "demo_train.jsonl"
 # slow; and one training at a time under pytest-xdist (the GPU guard refuses a second job on a GPU)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train-jobs")]
+pytestmark = [pytest.mark.slow, TRAIN_JOBS]
 
 # Small enough for two CPU cores; lr high enough that a few steps visibly lower the loss.
 QUICK = ["--model", "demo", "--limit-rows", "8", "--max-seq-length", "96", "--micro-batch", "1", "--grad-accum", "1",

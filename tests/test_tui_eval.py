@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_from_palette, wait_for_screen, wait_until
+from helpers import TRAIN_JOBS, run_from_palette, wait_for_screen, wait_until
 from textual.widgets import DataTable, Input, OptionList, Select, Static
 
 from medtui.app import MedtuiApp
@@ -45,7 +45,7 @@ def disclaimers(screen) -> int:
     return sum(DISCLAIMER in str(s.render()) for s in screen.query(Static))
 
 
-@pytest.mark.xdist_group("train-jobs")
+@TRAIN_JOBS
 async def test_a_finished_eval_shows_its_table_and_a_case_side_by_side(finished_eval):
     ws, job = finished_eval
     app = MedtuiApp(workspace=str(ws), start_mode="eval")
@@ -73,7 +73,7 @@ async def test_a_finished_eval_shows_its_table_and_a_case_side_by_side(finished_
         assert tuned.output == report["models"]["tuned"]["cases"][1]["output"]
 
 
-@pytest.mark.xdist_group("train-jobs")
+@TRAIN_JOBS
 async def test_start_an_eval_from_the_screen(demo_model, workspace):
     app = MedtuiApp(workspace=str(workspace), start_mode="eval")
     async with app.run_test(size=SIZE) as pilot:

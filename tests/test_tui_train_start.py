@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from helpers import TRAIN_JOBS, wait_until
 
 from medtui.app import MedtuiApp
 from medtui.screens.train import TrainScreen
@@ -20,7 +20,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "demo_train.jsonl"
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("train-jobs")  # one training at a time on a GPU (the GPU guard)
+@TRAIN_JOBS
 async def test_start_watch_stop_and_resume_a_demo_run_from_the_form(workspace: Path, demo_model: Path):
     app = MedtuiApp(workspace=str(workspace), start_mode="train")  # as `medtui --screen train`
     run_dir = None
