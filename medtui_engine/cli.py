@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "merge": "merge a run's adapter into a 16-bit model, verified",
     "ask": "ask a model a case; compare base and tuned",
     "eval": "evaluate a tuned model against its base on reference cases",
+    "probe": "probe a model for memorization: planted canaries, identifiers from its training rows",
     "bench": "benchmarks that print numbers",
     "demo": "build (or rebuild) the embedded demo model and show where it is",
 }
