@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .paths import home_dir
 from .qwen_vocab import FIRST_ADDED_ID, QWEN3_ADDED_TOKENS, write_bpe_files
+from .realmodel import REAL_LABEL, REAL_NAME, is_real_model
 
 DEMO_LABEL = "random weights, demo only"
 DEMO_NAME = "medtui-demo-qwen3-tiny"
@@ -49,9 +50,11 @@ def is_demo_model(path: str | os.PathLike[str]) -> bool:
 
 
 def model_label(path: str | os.PathLike[str]) -> str:
-    """How a model directory is shown to the user: its name, with the demo label where it applies."""
+    """How a model directory is shown to the user: its name, with the demo or real-model label where it applies."""
     p = Path(path)
-    return f"{DEMO_NAME} ({DEMO_LABEL})" if is_demo_model(p) else p.name
+    if is_demo_model(p):
+        return f"{DEMO_NAME} ({DEMO_LABEL})"
+    return f"{REAL_NAME} ({REAL_LABEL})" if is_real_model(p) else p.name
 
 
 def _cached_ok(path: Path) -> bool:

