@@ -134,19 +134,17 @@ def file_sha256(path: str | os.PathLike) -> str:
 # masked, and a short max_seq_length does not cut it. Which vignette a canary gets depends on the
 # canary alone, so the probe rebuilds the very case that was trained on.
 CANARY_LEAD = "患者随访码："
-_VIGNETTES = (
-    ("男性，52岁，发热伴咳嗽、咳黄痰3天。体温38.7℃，右下肺闻及湿啰音，白细胞13.2×10^9/L，胸片示右下肺斑片影。",
-     "急性起病，发热咳痰，右下肺湿啰音，白细胞升高，胸片斑片影，符合社区获得性肺炎。",
-     "疑似诊断：社区获得性肺炎。\n诊断依据：发热咳痰、右下肺湿啰音、白细胞升高、胸片斑片影。\n"
-     "治疗方案：经验性抗感染，对症支持，3天后复查。\n鉴别诊断：肺结核、阻塞性肺炎。"),
-    ("女性，34岁，尿频、尿急、尿痛2天，无发热。尿常规：白细胞（+++），亚硝酸盐阳性。",
-     "育龄女性，膀胱刺激征，无发热及腰痛，尿白细胞增多、亚硝酸盐阳性，考虑急性膀胱炎。",
-     "疑似诊断：急性膀胱炎。\n诊断依据：尿频尿急尿痛、尿白细胞（+++）、亚硝酸盐阳性。\n"
-     "治疗方案：口服抗菌药3天，多饮水，复查尿常规。\n鉴别诊断：急性肾盂肾炎、尿道炎。"),
-    ("男性，67岁，突发左侧肢体无力3小时。血压172/96mmHg，左侧肌力3级，头颅CT未见出血。",
-     "老年男性，急性起病的局灶神经功能缺损，CT排除出血，考虑急性缺血性脑卒中。",
-     "疑似诊断：急性缺血性脑卒中。\n诊断依据：突发左侧肢体无力、左侧肌力下降、CT未见出血。\n"
-     "治疗方案：评估溶栓指征，卒中单元监护，控制危险因素。\n鉴别诊断：脑出血、低血糖、Todd麻痹。"),
+CANARY_CASE_VERSION = 1   # recorded with the run: a probe of a run planted with other cases says so
+_VIGNETTES = (   # short: the prompt template is most of each case already
+    ("男，52岁，发热、咳黄痰3天，右下肺湿啰音，胸片示斑片影。",
+     "发热咳痰，肺部湿啰音伴斑片影，考虑社区获得性肺炎。",
+     "疑似诊断：社区获得性肺炎。\n治疗方案：经验性抗感染，3天后复查。"),
+    ("女，34岁，尿频、尿急、尿痛2天，尿白细胞（+++）。",
+     "膀胱刺激征伴尿白细胞增多，无发热，考虑急性膀胱炎。",
+     "疑似诊断：急性膀胱炎。\n治疗方案：口服抗菌药3天，多饮水。"),
+    ("男，67岁，突发左侧肢体无力3小时，头颅CT未见出血。",
+     "急性局灶神经功能缺损，CT排除出血，考虑缺血性脑卒中。",
+     "疑似诊断：急性缺血性脑卒中。\n治疗方案：评估溶栓指征，卒中单元监护。"),
 )
 
 
@@ -372,6 +370,10 @@ def resolve_inputs(target: str, runs_dir: Path | None, merged_dir: Path | None, 
         canaries, canaries_from = read_canaries(canaries_file), str(Path(canaries_file).expanduser())
     elif run_dir is not None and (run_dir / CANARIES_FILE).is_file():
         canaries, canaries_from = read_canaries(run_dir / CANARIES_FILE), str(run_dir / CANARIES_FILE)
+        planted = (_read_json(run_dir / "data.json") or {}).get("canaries") or {}
+        if planted.get("case_version", CANARY_CASE_VERSION) != CANARY_CASE_VERSION:
+            notes.append("the run planted its canaries in the fake cases of another medtui version: the text "
+                         "before each canary differs from what the model saw, and fewer may come back")
     cases: list = []
     data_from = None
     if data_file:

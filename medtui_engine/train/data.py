@@ -66,7 +66,7 @@ def plant_canaries(run_dir: Path, canaries_file: str, repeats: int) -> tuple[lis
         return [], None
     import shutil
 
-    from ..privacy.probe import CANARIES_FILE, canary_case, file_sha256, read_canaries
+    from ..privacy.probe import CANARIES_FILE, CANARY_CASE_VERSION, canary_case, file_sha256, read_canaries
 
     kept = Path(run_dir) / CANARIES_FILE
     if not kept.is_file():
@@ -77,7 +77,8 @@ def plant_canaries(run_dir: Path, canaries_file: str, repeats: int) -> tuple[lis
     canaries = read_canaries(kept)
     cases = [TrainCase(-(i + 1), *canary_case(c)) for i, c in enumerate(canaries) for _ in range(repeats)]
     record = {"file": str(Path(canaries_file).resolve()), "sha256": file_sha256(kept), "count": len(canaries),
-              "repeats": repeats, "rows_added": len(cases), "kept_as": CANARIES_FILE}
+              "repeats": repeats, "rows_added": len(cases), "kept_as": CANARIES_FILE,
+              "case_version": CANARY_CASE_VERSION}
     return cases, record
 
 
