@@ -30,6 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ALL_KINDS = "id_number,phone_number,email,record_number,name_field"
 QUICK = ["--backend", "hf", "--max-steps", "1", "--max-seq-length", "64", "--micro-batch", "1", "--grad-accum", "1",
          "--lora-r", "4", "--lora-alpha", "8", "--heartbeat", "1"]
+# a short, sharp CPU training of the real model: the chat template (SmolLM2's own, and shorter than the seed
+# prompt in its tokens), loss on the answer only, sequences cut just past the canary, a high constant rate
+TRAIN_REAL = ["--template", "chat", "--mask-prompt", "--canary-repeats", "10", "--backend", "hf", "--epochs", "1",
+              "--max-seq-length", "208", "--micro-batch", "1", "--grad-accum", "1", "--lora-r", "16", "--lora-alpha", "32",
+              "--lr", "3e-3", "--scheduler", "constant", "--warmup-ratio", "0", "--no-gradient-checkpointing",
+              "--no-save-epoch", "--heartbeat", "5"]
 # random-looking: nothing a model could guess from its first half
 CANARIES = ("ZK4P-QX7M-91WD", "VB2R-J6WH-Y5NC")
 
