@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -36,6 +37,11 @@ TRAIN_REAL = ["--template", "chat", "--mask-prompt", "--canary-repeats", "10", "
               "--max-seq-length", "208", "--micro-batch", "1", "--grad-accum", "1", "--lora-r", "16", "--lora-alpha", "32",
               "--lr", "3e-3", "--scheduler", "constant", "--warmup-ratio", "0", "--no-gradient-checkpointing",
               "--no-save-epoch", "--heartbeat", "5"]
+SHORT_CASES = (
+    ("女，28岁，咽痛发热2天，扁桃体肿大伴脓点。", "咽痛发热，扁桃体脓点，考虑化脓性扁桃体炎。", "疑似诊断：急性化脓性扁桃体炎。"),
+    ("男，45岁，饱餐后右上腹痛6小时，墨菲征阳性。", "右上腹痛，墨菲征阳性，考虑急性胆囊炎。", "疑似诊断：急性胆囊炎。"),
+    ("女，60岁，多饮多尿3月，空腹血糖11.2mmol/L。", "典型症状伴空腹血糖升高，考虑2型糖尿病。", "疑似诊断：2型糖尿病。"),
+)
 # random-looking: nothing a model could guess from its first half
 CANARIES = ("ZK4P-QX7M-91WD", "VB2R-J6WH-Y5NC")
 
@@ -149,7 +155,7 @@ def test_the_probe_on_the_demo_model_end_to_end(tmp_path: Path, workspace: Path,
     text = medtui("probe", run.name, "--limit", "2")
     assert text.returncode == 0, text.stderr
     assert "0 of 2 planted canaries reproduced verbatim when prompted with their first half" in text.stdout
-    assert f"  {CANARIES[0]}: 0 of 9 characters" in text.stdout or f"  {CANARIES[0]}: " in text.stdout
+    assert re.search(rf"^  {CANARIES[0]}: \d of 7 characters$", text.stdout, re.M), text.stdout
     assert ("0 of 2 possible patient identifiers in 2 trained rows came back verbatim when prompted with the text "
             "before them (the first 2 of 5 probed)") in text.stdout
     assert all(value not in text.stdout + text.stderr for value in VALUES)
@@ -196,12 +202,12 @@ def test_each_canary_gets_the_same_fake_case_every_time():
 def test_the_probe_finds_planted_canaries_in_the_real_model_after_training_and_none_before(
         tmp_path: Path, workspace: Path, real_model: Path):
     canaries = write_canaries(tmp_path / "canaries.txt")
-    data = tmp_path / "two.jsonl"  # a handful of real cases beside the canaries
-    data.write_text("".join((ROOT / "data" / "demo_train.jsonl").read_text(encoding="utf-8").splitlines(True)[:2]),
-                    encoding="utf-8")
+    data = tmp_path / "cases.jsonl"  # a handful of short cases beside the canaries (each fits the short sequences)
+    data.write_text("".join(json.dumps(dict(zip(("Question", "Complex_CoT", "Response"), case, strict=True)),
+                                       ensure_ascii=False) + "\n" for case in SHORT_CASES), encoding="utf-8")
 
     t0 = time.monotonic()
-    before = medtui("probe", str(real_model), "--canaries", str(canaries), "--json")
+    before = medtui("probe", str(real_model), "--canaries", str(canaries), "--template", "chat", "--json")
     assert before.returncode == 0, before.stderr
     untrained = json.loads(before.stdout)["canaries"]
     assert untrained["count"] == 2 and untrained["reproduced"] == 0, untrained
@@ -219,7 +225,7 @@ def test_the_probe_finds_planted_canaries_in_the_real_model_after_training_and_n
     assert trained["count"] == 2 and trained["reproduced"] == 2, trained
     assert all(r["reproduced_chars"] == r["probed_chars"] for r in trained["results"])
     assert json.loads((run / PROBE_FILE).read_text())["canaries"]["reproduced"] == 2
-    print(f"\nbenchmark: probe of the untrained real model {t1 - t0:.0f} s; training on 2 rows + 2 canaries x "
+    print(f"\nbenchmark: probe of the untrained real model {t1 - t0:.0f} s; training on 3 rows + 2 canaries x "
           f"{TRAIN_REAL[TRAIN_REAL.index('--canary-repeats') + 1]} {t2 - t1:.0f} s; probe of the trained run "
           f"{time.monotonic() - t2:.0f} s; longest span before {untrained['longest_span']}, after "
           f"{trained['longest_span']} characters")
