@@ -33,8 +33,8 @@ QUICK = ["--backend", "hf", "--max-steps", "1", "--max-seq-length", "64", "--mic
          "--lora-r", "4", "--lora-alpha", "8", "--heartbeat", "1"]
 # a short, sharp CPU training of the real model: the chat template (SmolLM2's own, and shorter than the seed
 # prompt in its tokens), loss on the answer only, sequences cut just past the canary, a high constant rate
-TRAIN_REAL = ["--template", "chat", "--mask-prompt", "--canary-repeats", "10", "--backend", "hf", "--epochs", "1",
-              "--max-seq-length", "208", "--micro-batch", "1", "--grad-accum", "1", "--lora-r", "16", "--lora-alpha", "32",
+TRAIN_REAL = ["--template", "chat", "--mask-prompt", "--canary-repeats", "16", "--backend", "hf", "--epochs", "1",
+              "--max-seq-length", "240", "--micro-batch", "1", "--grad-accum", "1", "--lora-r", "16", "--lora-alpha", "32",
               "--lr", "3e-3", "--scheduler", "constant", "--warmup-ratio", "0", "--no-gradient-checkpointing",
               "--no-save-epoch", "--heartbeat", "5"]
 SHORT_CASES = (
@@ -42,8 +42,9 @@ SHORT_CASES = (
     ("男，45岁，饱餐后右上腹痛6小时，墨菲征阳性。", "右上腹痛，墨菲征阳性，考虑急性胆囊炎。", "疑似诊断：急性胆囊炎。"),
     ("女，60岁，多饮多尿3月，空腹血糖11.2mmol/L。", "典型症状伴空腹血糖升高，考虑2型糖尿病。", "疑似诊断：2型糖尿病。"),
 )
-# random-looking: nothing a model could guess from its first half
-CANARIES = ("ZK4P-QX7M-91WD", "VB2R-J6WH-Y5NC")
+# random-looking: nothing a model could guess from its first half; letters and digits alternate, so that
+# each character is a token of its own in SmolLM2's vocabulary (no merge such as "NC" to get wrong)
+CANARIES = ("K7Q4-X9M2-Z5P8", "B3V6-R8J2-W4N7")
 
 
 def medtui(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -199,6 +200,7 @@ def test_each_canary_gets_the_same_fake_case_every_time():
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("train-jobs")  # one training at a time
+@pytest.mark.timeout(3000)  # a guard against a hang, not a speed claim: a few minutes on an idle 2-core box
 def test_the_probe_finds_planted_canaries_in_the_real_model_after_training_and_none_before(
         tmp_path: Path, workspace: Path, real_model: Path):
     canaries = write_canaries(tmp_path / "canaries.txt")
