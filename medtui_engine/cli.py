@@ -29,6 +29,7 @@ VERBS: dict[str, str] = {
     "ask": "ask a model a case; compare base and tuned",
     "eval": "evaluate a tuned model against its base on reference cases (detached job; stop, resume)",
     "review": "blinded clinician review of an evaluation: export a pack, import the filled CSV",
+    "probe": "probe a model for memorization: planted canaries, identifiers from its training rows",
     "bench": "benchmarks that print numbers",
     "demo": "build (or rebuild) the embedded demo model and show where it is",
 }

@@ -111,9 +111,11 @@ def test_the_generated_options_keep_the_defaults_required_data_and_hidden_flags(
 def test_round_trip_command_line_spec_and_spec_json(tmp_path: Path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"Question": "q", "Complex_CoT": "c", "Response": "r"}\n')
+    canaries = tmp_path / "canaries.txt"
+    canaries.write_text("ZK4P-QX7M-91WD\n")
     wanted = TrainSpec(
         model="demo", data=str(data), field_question="Q", field_cot="", field_response="A", limit_rows=7,
-        allow_identifiers="phone_number,email",
+        allow_identifiers="phone_number,email", canaries=str(canaries), canary_repeats=3,
         template="chat", mask_prompt=True, backend="hf", load_in_4bit=False, gradient_checkpointing=False,
         precision="fp32", lora_r=8, lora_alpha=12.5, lora_dropout=0.1, lora_bias="all",
         target_modules=["q_proj", "v_proj"], micro_batch=2, grad_accum=4, epochs=1.5, max_steps=9,

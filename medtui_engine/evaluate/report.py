@@ -229,6 +229,10 @@ def build_report(models: dict[str, dict], meta: dict, synonyms: Synonyms | None 
               "synonyms": synonyms.sources if synonyms is not None else ["default"], "models": built}
     if "base" in built and "tuned" in built:
         report["paired"] = paired(built["base"]["cases"], built["tuned"]["cases"])
+    from ..privacy.probe import report_section  # canaries planted, identifier rows trained on, probe.json
+
+    if memorization := report_section(models, meta.get("probe_file")):
+        report["memorization"] = memorization
     return report
 
 
@@ -301,6 +305,10 @@ def markdown(report: dict) -> str:
             e = pair["measures"].get(m.key)
             row += f" | {_fmt_diff(e)} | {_fmt_p(e)}"
         lines.append(row + " |")
+    if report.get("memorization"):
+        from ..privacy.probe import section_lines
+
+        lines += ["", *section_lines(report["memorization"])]
     lines += ["", "## Methods", "", f"- **cases**: {CASES_METHOD}"]
     lines += [f"- **{key}**: {v}" for key, v in METHODS.items()]
     lines += [

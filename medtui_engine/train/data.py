@@ -7,6 +7,7 @@ for the progress display come for free.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +56,38 @@ def privacy_record(cases: list[TrainCase], allow_identifiers: str) -> dict:
             "gate": decision, "acknowledged": acknowledged}
 
 
+def plant_canaries(run_dir: Path, canaries_file: str, repeats: int) -> tuple[list[TrainCase], dict | None]:
+    """The canary cases to add to the training rows (each canary's fake case, ``repeats`` times) and
+    what the run records about them (data.json ``canaries``: the file, its sha256, the count).
+
+    The run keeps a copy of the file (``canaries.txt``: the user's own fake strings, for ``medtui
+    probe``); a resumed run plants what it planted first, from that copy."""
+    if not canaries_file:
+        return [], None
+    import shutil
+
+    from ..privacy.probe import CANARIES_FILE, CANARY_CASE_VERSION, canary_case, file_sha256, read_canaries
+
+    kept = Path(run_dir) / CANARIES_FILE
+    if not kept.is_file():
+        canaries = read_canaries(canaries_file)  # validated before the copy: a bad file fails here, named
+        tmp = kept.with_name(f".{CANARIES_FILE}.{os.getpid()}.tmp")  # ranks copy alike
+        shutil.copyfile(canaries_file, tmp)
+        os.replace(tmp, kept)
+    canaries = read_canaries(kept)
+    cases = [TrainCase(-(i + 1), *canary_case(c)) for i, c in enumerate(canaries) for _ in range(repeats)]
+    record = {"file": str(Path(canaries_file).resolve()), "sha256": file_sha256(kept), "count": len(canaries),
+              "repeats": repeats, "rows_added": len(cases), "kept_as": CANARIES_FILE,
+              "case_version": CANARY_CASE_VERSION}
+    return cases, record
+
+
 def data_record(path: str | Path, cases: list[TrainCase], train: list[TrainCase], evals: list[TrainCase],
-                eval_fraction: float, seed: int, privacy: dict | None = None) -> dict:
+                eval_fraction: float, seed: int, privacy: dict | None = None, canaries: dict | None = None) -> dict:
     """What a run records about its data (data.json): enough to know the file is the same and to
-    rebuild the exact split (the rows in each part, by their row number in the file), and the
-    identifier gate's counts and decision (``privacy``, from :func:`privacy_record`)."""
+    rebuild the exact split (the rows in each part, by their row number in the file), the
+    identifier gate's counts and decision (``privacy``, from :func:`privacy_record`) and the canaries
+    planted (``canaries``, from :func:`plant_canaries`)."""
     import hashlib
 
     sha = None  # a save_to_disk directory has no one file to hash
@@ -78,6 +106,7 @@ def data_record(path: str | Path, cases: list[TrainCase], train: list[TrainCase]
         "train_rows": [c.row for c in train],
         "eval_rows": [c.row for c in evals],
         **(privacy or {}),
+        **({"canaries": canaries} if canaries else {}),
     }
 
 

@@ -320,7 +320,14 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     from trl import SFTConfig, SFTTrainer
 
     from .backends import load_for_training, optimizer_for
-    from .data import data_record, load_train_cases, privacy_record, split_train_eval, tokenize_cases
+    from .data import (
+        data_record,
+        load_train_cases,
+        plant_canaries,
+        privacy_record,
+        split_train_eval,
+        tokenize_cases,
+    )
     from .ddp import any_rank, gather_ranks, rank_env, split_batch
 
     rank, _, world = rank_env()
@@ -336,9 +343,15 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
         cases = cases[: spec.limit_rows]
     train_cases, eval_cases = split_train_eval(cases, spec.eval_fraction, spec.seed)
     privacy = privacy_record(cases, spec.allow_identifiers)  # the identifier gate, on what is trained
+    canary_cases, canaries = plant_canaries(run_dir, spec.canaries, spec.canary_repeats)  # every rank trains them
     if rank == 0:
         _record_data(run_dir, data_record(spec.data, cases, train_cases, eval_cases, spec.eval_fraction, spec.seed,
-                                          privacy), writer)
+                                          privacy, canaries), writer)
+    if canary_cases:
+        writer.emit("notice", level="info", message=(
+            f"{canaries['count']} canaries planted, {canaries['repeats']} times each ({len(canary_cases)} extra "
+            f"training cases); probe the model with `medtui probe {run_dir.name}`"))
+        train_cases = train_cases + canary_cases
 
     loaded = load_for_training(spec, spec.model, backend)
     if heartbeat is not None and torch.cuda.is_available():

@@ -96,6 +96,8 @@ def prepare_spec(spec: TrainSpec) -> TrainSpec:
     spec.model = str(model_dir)
     spec.model_label = spec.model_label or model_label(model_dir)
     spec.data = str(Path(spec.data).expanduser().resolve())
+    if spec.canaries:  # the job runs in its run directory
+        spec.canaries = str(Path(spec.canaries).expanduser().resolve())
     return spec
 
 

@@ -242,6 +242,14 @@ class TrainSpec:
         rule="must be identifier kinds separated by commas: id_number, phone_number, email, record_number, name_field",
         help="train although the rows hold possible patient identifiers of these kinds (each kind found must be "
              "named; recorded with the run). Better: medtui redact")
+    canaries: str = _setting(
+        "", label="Canaries", flag="--canaries", metavar="FILE", group="data fields",
+        help="plant these canaries (a text file: one fake, random-looking string a line) as extra training cases, "
+             "to test memorization afterwards with `medtui probe RUN`; recorded with the run")
+    canary_repeats: int = _setting(
+        10, label="Canary repeats", kind="int", flag="--canary-repeats", metavar="N", group="data fields", lo=1,
+        hi=1000, rule="must be a whole number from 1 to 1000", help="how many times each canary case is added "
+                                                                    "(default 10)")
     template: str = _setting("seed", label="Prompt template", kind="choice", choices=TEMPLATES, flag="--template",
                              form=True, help="prompt format (default: seed)")
     mask_prompt: bool = _setting(
@@ -387,7 +395,7 @@ class TrainSpec:
 
 
 SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(TrainSpec)}
-FILE_SETTINGS = ("data", "model")   # also checked against the file system
+FILE_SETTINGS = ("data", "model", "canaries")   # also checked against the file system
 
 
 def setting(name: str) -> Setting:
@@ -416,7 +424,8 @@ def validate_field(name: str, value: Any, check_files: bool = False) -> list[Pro
 
 
 def file_problems(name: str, value: Any) -> list[Problem]:
-    """The training data must be a readable file; the model 'demo' or a model directory."""
+    """The training data must be a readable file; the model 'demo' or a model directory; the canaries
+    (when set) a valid canaries file."""
     if name == "data":
         if not value:
             return [Problem("data", "is not set: give a JSON, JSONL, CSV or Parquet file of cases "
@@ -429,6 +438,11 @@ def file_problems(name: str, value: Any) -> list[Problem]:
             return [Problem("data", f": {value} does not exist or is not a file")]
         if not os.access(value, os.R_OK):
             return [Problem("data", f": {value} is not readable by this user")]
+    elif name == "canaries" and value:
+        from ..privacy.probe import canaries_problem
+
+        if why := canaries_problem(value):
+            return [Problem("canaries", why)]
     elif name == "model" and value != "demo":
         model = Path(value)
         if not model.is_dir():
