@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TRAIN_JOBS
 from privacy_data import VALUES, write_jsonl
 
 from medtui_engine.errors import UserError
@@ -199,7 +200,7 @@ def test_each_canary_gets_the_same_fake_case_every_time():
 # ---------------------------------------------------------------- the must-show, on the real small model
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("train-jobs")  # one training at a time
+@TRAIN_JOBS
 @pytest.mark.timeout(3000)  # a guard against a hang, not a speed claim: a few minutes on an idle 2-core box
 def test_the_probe_finds_planted_canaries_in_the_real_model_after_training_and_none_before(
         tmp_path: Path, workspace: Path, real_model: Path):
