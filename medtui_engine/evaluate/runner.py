@@ -105,9 +105,9 @@ def answer_items(loaded, source, items: list[Item], settings, cancel=None, batch
 
 
 def default_batch(device: str) -> int:
-    """Cases decoded together when the user does not say: 16 on a GPU, one at a time on the CPU (where a
-    batch saves little and each answer comes later)."""
-    return 16 if device == "cuda" else 1
+    """Cases decoded together when the user does not say: one at a time, on every device, until batched
+    decoding has been measured on a GPU (``medtui bench eval``); ``--batch N`` asks for it."""
+    return 1
 
 
 def new_report_dir(reports_dir: Path, started: float, stem: str = "eval") -> Path:
