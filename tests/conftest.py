@@ -120,7 +120,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     why = _why_no_cuda()
     if why:
         raise pytest.UsageError(f"GPU tests are selected but {why}: run `pytest -m gpu` on a machine with a CUDA GPU "
-                                "(the default selection, -m 'not gpu', leaves them out)")
+                                "(the default selection leaves them out)")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

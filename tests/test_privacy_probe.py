@@ -200,8 +200,9 @@ def test_each_canary_gets_the_same_fake_case_every_time():
 # ---------------------------------------------------------------- the must-show, on the real small model
 
 @pytest.mark.slow
+@pytest.mark.real_training
 @TRAIN_JOBS
-@pytest.mark.timeout(3000)  # a guard against a hang, not a speed claim: a few minutes on an idle 2-core box
+@pytest.mark.timeout(3000)  # a guard against a hang, not a speed claim
 def test_the_probe_finds_planted_canaries_in_the_real_model_after_training_and_none_before(
         tmp_path: Path, workspace: Path, real_model: Path):
     canaries = write_canaries(tmp_path / "canaries.txt")

@@ -104,7 +104,8 @@ def _summary(report: dict, model: str) -> dict[str, float]:
     return {k: s[k]["value"] for k in s if k.startswith("section_") or k == "all_sections"}
 
 
-@pytest.mark.timeout(3000)  # a guard against a hang, not a speed claim: a few minutes on an idle 2-core box
+@pytest.mark.real_training
+@pytest.mark.timeout(3000)  # a guard against a hang, not a speed claim
 def test_cpu_fine_tune_raises_the_section_rates(real_model: Path, workspace: Path) -> None:
     """The must-show: train the real small model through the product's job, evaluate base vs tuned on
     held-out cases with the product's eval, and read from the real outputs that the section rates rose."""

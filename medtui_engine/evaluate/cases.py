@@ -72,6 +72,11 @@ class EvalCase:
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalCase:
+        """The inverse of :meth:`as_dict` (which leaves out what is None: an exam case has no reference)."""
+        return cls(**{"reference_diagnosis": None, "reference_answer": None, **d})
+
 
 def _first(rec: dict, keys: tuple[str, ...]):
     for k in keys:

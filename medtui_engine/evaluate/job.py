@@ -262,7 +262,7 @@ def run_job(job_dir: Path) -> int:
             from .matching import load_synonyms
             from .runner import Item, answer_items, default_batch, report_from_answers
 
-            cases = [EvalCase(**c) for c in spec["cases"]]
+            cases = [EvalCase.from_dict(c) for c in spec["cases"]]
             samples = int(spec.get("samples") or 1)
             settings = SamplingSettings(**spec["sampling"]).checked()
             sides = sorted(spec["sources"], key=lambda s: SIDES_ORDER.index(s) if s in SIDES_ORDER else 99)
