@@ -29,7 +29,7 @@ async def test_start_watch_stop_and_resume_a_demo_run_from_the_form(workspace: P
             await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen.ready, "the form", 60)
             screen = app.screen
             for name, value in {"data": str(DATA), "limit_rows": "4", "max_seq_length": "256", "grad_accum": "1",
-                                "epochs": "50", "lora_r": "8", "lora_alpha": "8"}.items():
+                                "epochs": "1000", "lora_r": "8", "lora_alpha": "8"}.items():  # a GPU must not finish before the stop key
                 screen.query_one(f"#f-{name}").value = value
             await wait_until(pilot, lambda: not screen.query_one("#train-start").disabled, "Start enabled",
                              show=lambda: screen.problems)
