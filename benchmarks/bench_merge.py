@@ -8,7 +8,10 @@ B, then in one process:
    timed as merge + save, and its verification, timed apart;
 2. the plain PEFT path on the same files: load base on the GPU (timed apart), PeftModel,
    ``merge_and_unload`` + ``save_pretrained`` (timed: the reference figure's definition);
-3. a cross-check: every merged tensor of the product against PEFT's, max |difference|.
+3. a cross-check: every merged tensor of the product against PEFT's, max |difference|;
+4. the product's GGUF export of its merged model (``--gguf``, default q8_0): each file's write time,
+   then its verification in a fresh process (load back through transformers' GGUF loader, logits
+   against the merged model), timed apart.
 
 Prints one table and writes OUT_DIR/bench_merge.json. Weights are random: timings only.
 """
@@ -188,6 +191,16 @@ def cross_check(ours: Path, peft_dir: Path, adapter: Path) -> dict:
     return {"tensors_compared": len(names), "max_abs_diff": worst, "elements_differing": ulp, "untouched_equal": same_other}
 
 
+def gguf_export(merged: Path, types: str, out: Path, log: Path) -> dict:
+    """The product's GGUF export of its merged model, as `medtui merge --gguf` runs it."""
+    from medtui_engine.merge.gguf_export import export, parse_types
+
+    t0 = time.perf_counter()
+    entry = export(merged, parse_types(types), template="chat", name="bench", out_dir=out, log_path=log)
+    entry["total_s"] = round(time.perf_counter() - t0, 2)
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
@@ -196,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--verify-tokens", type=int, default=32)
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--gguf", default="q8_0", help="GGUF types to export after the merge (comma list; 'none' skips)")
     args = ap.parse_args(argv)
     apply_offline()
     import torch
@@ -226,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peft: {report['peft']}", flush=True)
         report["cross_check"] = cross_check(ours, theirs, adapter)
         print(f"cross-check: {report['cross_check']}", flush=True)
+        shutil.rmtree(theirs, ignore_errors=True)   # disk: the GGUF needs the room
+    if args.gguf != "none":
+        report["gguf"] = gguf_export(ours, args.gguf, work / "gguf", out_dir / "gguf_verify.log")
+        print(f"gguf: {json.dumps(report['gguf'])}", flush=True)
     me = report["medtui"]
     m, m0 = me["merge_save_s"], me["written_before_fsync_s"]
     lines = [
@@ -244,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"  medtui verification (apart): {report['medtui']['verify_s']:.1f} s, passed={v['passed']}, "
                      f"max|dlogit| {v['max_abs_logit_diff']} (adapter effect {v['adapter_effect_max_abs_logit']}), top-1 "
                      f"{v['top1_agreement']} all / {v['top1_agreement_decisive']} at {v['decisive_positions']} decisive positions")
+    for f in (report.get("gguf") or {}).get("files", []):
+        v = f.get("verification") or {}
+        lines.append(f"  medtui GGUF {f['type']}: {f['bytes'] / 2**30:.1f} GiB written in {f['seconds']:.1f} s; verified in a "
+                     f"fresh process ({report['gguf'].get('verify_seconds', 0):.1f} s for all types), passed={v.get('passed')}, "
+                     f"relative logit diff {v.get('relative')} (tolerance {v.get('tolerance')}), top-1 {v.get('top1_agreement')}")
     report["summary"] = lines
     print("\n".join(lines), flush=True)
     (out_dir / "bench_merge.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
