@@ -44,6 +44,9 @@ DECODE_MODES = ("auto", "graph", "compiled", "eager", "generate")
 # torch.compile ("compiled"). Decided by ``medtui bench infer`` on the GPU (its hf-bf16 graph and compiled
 # rows, same call): the project's own loop stays only where it is clearly faster and its check holds.
 AUTO_GPU_DECODE = "graph"
+# transformers' static-cache decode step compiled as its documentation recommends (and as the bench's bare
+# reference compiles it): CUDA graphs (reduce-overhead), the whole step one graph
+COMPILE_CONFIG = {"fullgraph": True, "mode": "reduce-overhead"}
 
 
 @dataclass(frozen=True)
@@ -407,8 +410,9 @@ def _tokens_via_compiled(loaded: LoadedModel, input_ids, settings: SamplingSetti
     elif dec.calls == 0:
         notes.append("the first answer compiles the decode step (torch.compile); later answers reuse it")
     n_prompt = int(input_ids.shape[1])
-    extra = dict(cache_implementation="static", max_cache_len=dec.cache_len(n_prompt + max_new + 1),
-                 compile_config=CompileConfig(fullgraph=True, mode="reduce-overhead"))
+    extra = dict(cache_implementation="static", max_cache_len=dec.cache_len(n_prompt + max_new + 1))
+    if loaded.device == "cuda":
+        extra["compile_config"] = CompileConfig(**COMPILE_CONFIG)
     dec.calls += 1
     return _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos, extra=extra,
                                 submit=dec.submit)
