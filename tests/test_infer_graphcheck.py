@@ -172,3 +172,34 @@ def test_compiled_path_answers_as_the_loop_does(cpu_demo) -> None:
     answer(cpu_demo, CASE, s, decode="eager")  # switching paths ends the compiled path's thread
     dec.thread.join(timeout=30)
     assert not dec.thread.is_alive() and isinstance(cpu_demo.decoder, StaticDecoder)
+
+
+def test_a_failing_compiled_step_goes_on_without_it_and_says_so(cpu_demo) -> None:
+    """Should the static-cache step fail mid-answer (a graph break under fullgraph, say), the answer goes on
+    with transformers' generate from the token it reached, the same greedy answer; later answers skip it."""
+    from transformers import StaticCache
+
+    s = SamplingSettings(temperature=0, max_new_tokens=10)
+    want = answer(cpu_demo, CASE, s, decode="eager", ignore_eos=True).output
+    model = cpu_demo.model
+    plain = model.forward
+    calls = {"static": 0}
+
+    def flaky(*args, **kwargs):
+        if isinstance(kwargs.get("past_key_values"), StaticCache):
+            calls["static"] += 1
+            if calls["static"] == 4:  # the prefill and two steps went through
+                raise RuntimeError("simulated compile failure\nsecond line")
+        return plain(*args, **kwargs)
+
+    model.forward = flaky
+    try:
+        r = answer(cpu_demo, CASE, s, decode="compiled", ignore_eos=True)
+        again = answer(cpu_demo, CASE, s, decode="compiled", ignore_eos=True)
+    finally:
+        del model.forward
+    assert r.output == want and r.stats.output_tokens == 10
+    assert r.stats.decode_path == again.stats.decode_path == "compiled-failed"
+    note = "torch.compile off (RuntimeError: simulated compile failure); decoding with transformers' generate"
+    assert note in r.stats.notes and note in again.stats.notes
+    assert again.output == want and calls["static"] == 4  # the second answer did not try the static path again

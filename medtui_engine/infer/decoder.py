@@ -205,7 +205,7 @@ class StaticDecoder:
         return self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def prefill(self, input_ids):
-        if self.use_graph and self.graph is None:
+        if self.use_graph and self.graph is None and self.graph_failed is None:
             self._fed = [input_ids]
         return self._forward(input_ids)
 
@@ -301,6 +301,7 @@ class CompiledDecoder:
         self.jobs: queue.Queue = queue.Queue()
         self.max_cache_len = 0
         self.calls = 0
+        self.failed: str | None = None  # why compiling failed here (then answers go on without it)
         self.thread = threading.Thread(target=self._run, name="medtui-compiled-decode", daemon=True)
         self.thread.start()
 

@@ -47,6 +47,7 @@ AUTO_GPU_DECODE = "graph"
 # transformers' static-cache decode step compiled as its documentation recommends (and as the bench's bare
 # reference compiles it): CUDA graphs (reduce-overhead), the whole step one graph
 COMPILE_CONFIG = {"fullgraph": True, "mode": "reduce-overhead"}
+COMPILE_OFF = "torch.compile off"
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class GenerationStats:
     decode_tokens_per_s: float | None  # tokens after the first, over the time after the first
     finish_reason: str             # "eos" | "length" | "cancelled"
     think_tokens: int | None       # tokens up to and including </think>; None if the block never closed
-    decode_path: str               # "graph" | "graph-failed" (eager on the static cache) | "compiled" | "eager" | "generate"
+    decode_path: str               # "graph" | "graph-failed" (eager on the static cache) | "compiled" | "compiled-failed"
+                                   # (transformers' generate, uncompiled) | "eager" | "generate"
     notes: tuple[str, ...] = ()
 
     @property
@@ -258,6 +260,8 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
         decode_tps = (n_out - 1) / (t_last - t_first)
     if path == "graph" and any(n.startswith("CUDA graph off") for n in notes):
         path = "graph-failed"
+    if path == "compiled" and any(n.startswith(COMPILE_OFF) for n in notes):
+        path = "compiled-failed"
     stats = GenerationStats(
         prompt_tokens=n_prompt, output_tokens=n_out,
         ttft_s=(t_first - t0) if t_first is not None else None, total_s=total,
@@ -409,13 +413,35 @@ def _tokens_via_compiled(loaded: LoadedModel, input_ids, settings: SamplingSetti
         notes.append("no torch.compile on the CPU: transformers' static cache, uncompiled")
     elif dec.calls == 0:
         notes.append("the first answer compiles the decode step (torch.compile); later answers reuse it")
+    if dec.failed:
+        notes.append(f"{COMPILE_OFF} ({dec.failed}); decoding with transformers' generate")
+        yield from _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos)
+        return
     n_prompt = int(input_ids.shape[1])
     extra = dict(cache_implementation="static", max_cache_len=dec.cache_len(n_prompt + max_new + 1))
     if loaded.device == "cuda":
         extra["compile_config"] = CompileConfig(**COMPILE_CONFIG)
     dec.calls += 1
-    return _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos, extra=extra,
-                                submit=dec.submit)
+    inner = _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos, extra=extra,
+                                 submit=dec.submit)
+    produced: list[int] = []
+    try:
+        for tid in inner:
+            produced.append(tid)
+            yield tid
+        return
+    except Exception as exc:  # compiling is an optimisation: go on without it from where it stopped, and say why
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        dec.failed = f"{type(exc).__name__}: {text}"
+        notes.append(f"{COMPILE_OFF} ({dec.failed}); decoding with transformers' generate")
+    finally:
+        inner.close()
+    rest = max_new - len(produced)
+    if rest > 0 and not cancel.is_set():
+        import torch
+
+        done = torch.tensor([produced], dtype=input_ids.dtype, device=input_ids.device)
+        yield from _tokens_via_generate(loaded, torch.cat([input_ids, done], dim=1), settings, rest, cancel, ignore_eos)
 
 
 def _tokens_via_generate(loaded: LoadedModel, input_ids, settings: SamplingSettings, max_new: int,
