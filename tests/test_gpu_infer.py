@@ -230,6 +230,7 @@ def test_256_greedy_tokens_of_the_fast_path_match_eager_generate_on_the_7b_shape
         assert dec.graph is not None and not notes, (dec.graph_failed, notes)
     else:
         fast = list(_tokens_via_compiled(loaded, input_ids, greedy, LONG, threading.Event(), True, notes))
+        assert not any(n.startswith("torch.compile off") for n in notes), notes  # it compiled, and held
     assert len(fast) == len(reference) == LONG
     print(f"{path} vs transformers' eager generate, 7B shape, {LONG} greedy tokens: "
           + _first_divergence_within_noise(loaded, input_ids, fast, reference))
