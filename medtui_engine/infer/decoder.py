@@ -17,9 +17,10 @@ from dataclasses import dataclass
 CACHE_ROUND = 256  # the static cache grows in steps of this many positions, so most answers reuse it
 COMPILED_CACHE_ROUND = 2048  # the compiled path's cache: a new length recompiles, so grow it rarely
 VERIFY_STEPS = 32  # greedy steps of a newly captured graph checked against the model's full forward
-# How big bf16 noise is: on the Qwen2.5-7B shape with 8 of its 28 layers (random weights, bf16, CPU), the
-# eager cached step and the full forward over the same tokens -- both correct -- differ by up to 0.094 in
-# logits that reach 6.1; the old check's fixed 1e-2 x 6.1 = 0.06 refused such noise (the H200's 0.117).
+# How big bf16 noise is: on the Qwen2.5-7B shape (random weights, bf16, CPU) the eager cached step and the
+# full forward over the same tokens -- both correct -- differ by up to 0.094 with 8 of its 28 layers (logits
+# up to 6.1) and 0.125 with 16 (up to 5.3); the old check's fixed 1e-2 x max|logit| (~0.06) refused noise
+# of that size (the H200's "differs from eager by 0.117").
 NOISE_FACTOR = 4.0  # the captured step may differ from eager by this many times eager's own noise...
 ULP_FLOOR = 2.0  # ...and is never held closer than this many units in the last place of the largest logit
 
