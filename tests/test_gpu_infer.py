@@ -1,5 +1,8 @@
-"""GPU tier: inference on a Qwen2.5-0.5B-shape model with random weights (``pytest -m gpu``).
+"""GPU tier: inference on Qwen2.5-shape models with random weights (``pytest -m gpu``).
 
+- 256 greedy tokens of each fast path (our CUDA-graph loop, transformers' static cache + torch.compile)
+  on the Qwen2.5-7B shape against transformers' eager ``generate``: equal, or the first divergence is at
+  a position whose top-2 logits lie within bf16 noise (reported);
 - the fast decode path (our loop with each step replayed as a CUDA graph) against eager decoding, 64
   greedy steps on real CUDA;
 - 4-bit loading through bitsandbytes, and an answer from the 4-bit model;
@@ -18,13 +21,18 @@ from pathlib import Path
 import pytest
 
 from medtui_engine.infer import LoadOptions, SamplingSettings, answer, load_model, resolve_source
-from medtui_engine.infer.decoder import StaticDecoder
-from medtui_engine.infer.stream import _tokens_via_loop, build_prompt
+from medtui_engine.infer.decoder import NOISE_FACTOR, ULP_FLOOR, StaticDecoder
+from medtui_engine.infer.loader import LoadedModel
+from medtui_engine.infer.stream import _tokens_via_compiled, _tokens_via_loop, build_prompt
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parent.parent
 CASE = "男性，62岁，进行性吞咽困难2月，体重下降8kg，胃镜示食管中段溃疡型肿物"
 STEPS = 64
+LONG = 256
+QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                 num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6,
+                 rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +153,84 @@ def test_unsloth_fast_inference_on_4bit_weights_through_ask(qwen05_model: Path, 
     assert s["decode_path"] == "generate" and s["prompt_tokens"] > 20
     assert 1 <= s["output_tokens"] <= 12 and s["finish_reason"] in ("length", "eos"), s
     print(f"\nUnsloth 4-bit through ask: {s['output_tokens']} tokens, {s['decode_tokens_per_s']} tok/s")
+
+
+# ---------------------------------------------------------------- the 7B shape: 256 tokens against generate
+
+
+@pytest.fixture(scope="module")
+def qwen7b(demo_model: Path):
+    """The Qwen2.5-7B shape with random weights, built in bf16 on the GPU (not saved: 15 GB), with the real
+    Qwen tokenizer; wrapped as the loader would wrap it."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    eos, pad = 151645, 151643
+    cfg = Qwen2Config(**QWEN25_7B, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = Qwen2ForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
+    loaded = LoadedModel(source=resolve_source("demo"), model=model, tokenizer=AutoTokenizer.from_pretrained(str(demo_model)),
+                         backend="hf", device="cuda", dtype="bfloat16", quantized=False, adapter_merged=False, load_s=0.0,
+                         gpu_mem_mib=None, eos_ids=(eos, pad))
+    prompt = build_prompt(loaded, "，".join([CASE] * 12))
+    input_ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to("cuda")
+    with torch.no_grad():  # the reference: transformers' own eager generate, EOS held off as the fast paths hold it
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=LONG,
+                             min_new_tokens=LONG, do_sample=False, eos_token_id=list(loaded.eos_ids), pad_token_id=pad)
+    reference = out[0, input_ids.shape[1]:].tolist()
+    yield loaded, input_ids, reference
+    loaded.unload()
+    torch.cuda.empty_cache()
+
+
+def _first_divergence_within_noise(loaded, input_ids, fast: list[int], reference: list[int]) -> str:
+    """Where the two token lists part, the two tokens' logits must lie within bf16 noise: the model's own
+    logits at that position (a full forward over the common prefix), against the same position computed
+    in another kernel configuration (one token longer), sets the noise; the tolerance is the capture
+    check's (NOISE_FACTOR x noise, at least ULP_FLOOR bf16 ulps of the largest logit)."""
+    import torch
+
+    t = next((i for i, (a, b) in enumerate(zip(fast, reference, strict=True)) if a != b), None)
+    if t is None:
+        return f"identical for all {len(fast)} tokens"
+    prefix = torch.tensor([reference[:t]], device=input_ids.device, dtype=input_ids.dtype)
+    seq = torch.cat([input_ids, prefix], dim=1)
+    longer = torch.cat([seq, torch.tensor([[reference[t]]], device=input_ids.device, dtype=input_ids.dtype)], dim=1)
+    with torch.no_grad():
+        here = loaded.model(input_ids=seq, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+        other = loaded.model(input_ids=longer, use_cache=False, logits_to_keep=2).logits[0, 0].float()
+    noise = float((here - other).abs().max())
+    scale = max(1.0, float(here.abs().max()))
+    tol = max(NOISE_FACTOR * noise, ULP_FLOOR * 2.0**-7 * scale)
+    margin = abs(float(here[fast[t]] - here[reference[t]]))
+    report = (f"first divergence at token {t}: the two tokens' logits lie {margin:.3g} apart "
+              f"(bf16 noise {noise:.3g}, tolerance {tol:.3g})")
+    assert margin <= tol, report
+    return report
+
+
+@pytest.mark.parametrize("path", ["graph", "compiled"])
+def test_256_greedy_tokens_of_the_fast_path_match_eager_generate_on_the_7b_shape(qwen7b, path: str) -> None:
+    loaded, input_ids, reference = qwen7b
+    greedy = SamplingSettings(temperature=0, max_new_tokens=LONG).checked()
+    notes: list[str] = []
+    if path == "graph":
+        fast = list(_tokens_via_loop(loaded, input_ids, greedy, LONG, threading.Event(), True, use_graph=True,
+                                     notes=notes))
+        dec = loaded.decoder
+        check = dec.check
+        print(f"\n7B capture check: {check.summary() if check else dec.graph_failed}")
+        assert dec.graph is not None and not notes, (dec.graph_failed, notes)
+    else:
+        fast = list(_tokens_via_compiled(loaded, input_ids, greedy, LONG, threading.Event(), True, notes))
+        assert not any(n.startswith("torch.compile off") for n in notes), notes  # it compiled, and held
+    assert len(fast) == len(reference) == LONG
+    print(f"{path} vs transformers' eager generate, 7B shape, {LONG} greedy tokens: "
+          + _first_divergence_within_noise(loaded, input_ids, fast, reference))

@@ -124,3 +124,16 @@ def test_repetition_penalty_setting_is_checked() -> None:
     assert SamplingSettings(repetition_penalty=3).problems() == [
         "repetition_penalty must be between 0.5 and 2 (1 = off), or empty for the model's own"]
     assert SamplingSettings(repetition_penalty=1.05).problems() == []
+
+
+def test_batched_on_the_static_cache_path_equals_one_at_a_time(loaded_model) -> None:
+    """``compiled``: transformers' static cache (compiled on a GPU; here the same cache uncompiled), padded
+    on the left, in the compiled path's own thread."""
+    from medtui_engine.infer.decoder import CompiledDecoder
+
+    greedy = SamplingSettings(temperature=0, max_new_tokens=12)
+    one = [answer(loaded_model, q, greedy, decode="eager") for q in CASES[:3]]
+    batched = answer_batch(loaded_model, CASES[:3], greedy, batch_size=3, compiled=True)
+    assert [r.output for r in batched.results] == [r.output for r in one]
+    assert all(r.stats.decode_path == "batched (3, compiled)" for r in batched.results)
+    assert isinstance(loaded_model.decoder, CompiledDecoder) and loaded_model.decoder.thread.is_alive()

@@ -220,7 +220,7 @@ def test_graph_path_bookkeeping_matches_eager(cpu_loaded) -> None:
     ref = [answer(demo_loaded, q, s, decode="eager", ignore_eos=True).output for q in (CASE, other)]
     saved = demo_loaded.decoder
     try:
-        dec = demo_loaded.decoder = StaticDecoder(demo_loaded.model, "cpu", True, graphs=EagerReplay())
+        dec = demo_loaded.decoder = StaticDecoder(demo_loaded.model, "cpu", True, graphs=EagerReplay(), verify_steps=8)
         got = [answer(demo_loaded, q, s, decode="graph", ignore_eos=True) for q in (CASE, other, CASE)]
         assert [g.output for g in got] == [ref[0], ref[1], ref[0]]
         assert all(g.stats.decode_path == "graph" and not g.stats.notes for g in got)

@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .decoder import CompiledDecoder
 from .loader import LoadedModel
 from .sampling import SamplingSettings, resolve_repetition_penalty
 from .stream import (
+    COMPILE_CONFIG,
     GenerationResult,
     GenerationStats,
     IncrementalDetokenizer,
@@ -54,11 +56,12 @@ class _Cancel:
 def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: SamplingSettings | None = None, *,
                  batch_size: int = DEFAULT_BATCH, cancel: threading.Event | None = None,
                  on_batch: Callable[[list[int], list[GenerationResult]], None] | None = None,
-                 ignore_eos: bool = False) -> BatchResult:
+                 ignore_eos: bool = False, compiled: bool = False) -> BatchResult:
     """Answer ``questions`` ``batch_size`` at a time. ``on_batch(indices, results)`` is called after each
     batch (a job saves those answers at once); a cancelled batch's cases come back with finish_reason
     "cancelled" and the rest are not started. ``ignore_eos`` decodes every case to ``max_new_tokens``
-    (benchmarks on random weights)."""
+    (benchmarks on random weights). ``compiled``: transformers' static cache, its decode step compiled by
+    torch.compile on a GPU (``stream.COMPILE_CONFIG``), in the compiled path's long-lived thread."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -108,11 +111,22 @@ def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: Sampli
         else:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
                           top_k=settings.top_k or None)
+        if compiled:
+            dec = _compiled_decoder(loaded)
+            kwargs.update(cache_implementation="static", max_cache_len=dec.cache_len(longest + max_new + 1))
+            if loaded.device == "cuda":
+                from transformers import CompileConfig
+
+                kwargs["compile_config"] = CompileConfig(**COMPILE_CONFIG)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
-            out = loaded.model.generate(**kwargs)
+
+        def run(kwargs=kwargs):
+            with torch.no_grad():
+                if settings.seed is not None:
+                    torch.manual_seed(settings.seed)
+                return loaded.model.generate(**kwargs)
+
+        out = _in_thread(dec.submit, run) if compiled else run()
         seconds = time.perf_counter() - t0
         new = out[:, input_ids.shape[1]:].tolist()
         done: list[GenerationResult] = []
@@ -129,7 +143,7 @@ def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: Sampli
             stats = GenerationStats(
                 prompt_tokens=lengths[i], output_tokens=len(ids), ttft_s=None, total_s=seconds,
                 decode_tokens_per_s=None, finish_reason=finish, think_tokens=_think_tokens(tok, ids),
-                decode_path=f"batched ({len(idx)})", notes=tuple(notes))
+                decode_path=f"batched ({len(idx)}{', compiled' if compiled else ''})", notes=tuple(notes))
             result = GenerationResult(questions[i], prompts[i], loaded.source.template, text, stats, loaded.label,
                                       settings)
             results[i] = result
@@ -137,6 +151,36 @@ def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: Sampli
         if on_batch is not None:
             on_batch(list(idx), done)
     return BatchResult([r for r in results if r is not None], time.perf_counter() - t_all, batches)
+
+
+def _compiled_decoder(loaded: LoadedModel) -> CompiledDecoder:
+    dec = loaded.decoder
+    if not isinstance(dec, CompiledDecoder):
+        if dec is not None:
+            dec.close()
+        dec = loaded.decoder = CompiledDecoder()
+    return dec
+
+
+def _in_thread(submit, fn):
+    """``fn()`` run by ``submit`` (the compiled path's own thread), its result or exception handed back."""
+    box: list = []
+    done = threading.Event()
+
+    def job() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            box.append((False, exc))
+        finally:
+            done.set()
+
+    submit(job)
+    done.wait()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _think_tokens(tok, ids: list[int]) -> int | None:

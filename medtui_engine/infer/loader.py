@@ -62,6 +62,8 @@ class LoadedModel:
 
     def unload(self) -> None:
         self.model = None
+        if self.decoder is not None:
+            self.decoder.close()
         self.decoder = None
         try:
             import torch

@@ -1,12 +1,17 @@
 """Streaming an answer: a generator yielding text chunks as tokens arrive, then one ``StreamDone``
 with the whole output and its timing (time to first token, tokens/s, total, cut off or not).
 
-Three decode paths, picked per loaded model:
+Four decode paths, picked per loaded model:
 
 * ``graph`` (transformers on a GPU): our own loop over a static KV cache whose single-token step is
   captured once as a CUDA graph and replayed, so a step costs one launch instead of hundreds of
-  kernel launches from Python. The capture is checked against eager steps before it is trusted; on
-  any failure the loop goes on eagerly over the same static cache and says why in the stats.
+  kernel launches from Python. The capture is checked before it is trusted (``decoder.judge``: the
+  captured step against eager, measured against eager's own bf16 noise, and 32 greedy steps against
+  the model's full forward); on a refusal the loop goes on eagerly over the same static cache and the
+  stats say why (``decode_path`` "graph-failed" and a note with the measured figures).
+* ``compiled`` (transformers on a GPU): transformers' maintained path, ``generate`` over its static
+  cache with the decode step compiled by ``torch.compile`` (reduce-overhead), in one long-lived thread
+  (``decoder.CompiledDecoder``). On the CPU the same static-cache ``generate`` runs uncompiled.
 * ``eager`` (transformers on the CPU): the same loop over a growing (dynamic) cache; a static cache
   only pays off once its step is a graph (eager, its full-length mask costs more than it saves).
 * ``generate`` (Unsloth's fast inference, or plain transformers ``generate`` when asked): ``generate``
@@ -30,11 +35,19 @@ from typing import Any
 from ..errors import UserError
 from ..sections import split_think
 from ..templates import generation_prefix, render_prompt
-from .decoder import StaticDecoder
+from .decoder import CompiledDecoder, StaticDecoder
 from .loader import LoadedModel
 from .sampling import SamplingSettings, make_generator, resolve_repetition_penalty, sample_next
 
-DECODE_MODES = ("auto", "graph", "eager", "generate")
+DECODE_MODES = ("auto", "graph", "compiled", "eager", "generate")
+# What ``auto`` decodes with on a GPU: our CUDA-graph loop ("graph") or transformers' static cache with
+# torch.compile ("compiled"). Decided by ``medtui bench infer`` on the GPU (its hf-bf16 graph and compiled
+# rows, same call): the project's own loop stays only where it is clearly faster and its check holds.
+AUTO_GPU_DECODE = "graph"
+# transformers' static-cache decode step compiled as its documentation recommends (and as the bench's bare
+# reference compiles it): CUDA graphs (reduce-overhead), the whole step one graph
+COMPILE_CONFIG = {"fullgraph": True, "mode": "reduce-overhead"}
+COMPILE_OFF = "torch.compile off"
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,8 @@ class GenerationStats:
     decode_tokens_per_s: float | None  # tokens after the first, over the time after the first
     finish_reason: str             # "eos" | "length" | "cancelled"
     think_tokens: int | None       # tokens up to and including </think>; None if the block never closed
-    decode_path: str               # "graph" | "graph-failed" (eager on the static cache) | "eager" | "generate"
+    decode_path: str               # "graph" | "graph-failed" (eager on the static cache) | "compiled" | "compiled-failed"
+                                   # (transformers' generate, uncompiled) | "eager" | "generate"
     notes: tuple[str, ...] = ()
 
     @property
@@ -157,7 +171,7 @@ def pick_decode(loaded: LoadedModel, decode: str) -> str:
     if loaded.backend == "unsloth":
         return "generate"  # Unsloth's fast path lives behind its patched generate
     if decode == "auto":
-        return "graph" if loaded.device == "cuda" else "eager"
+        return AUTO_GPU_DECODE if loaded.device == "cuda" else "eager"
     if decode == "graph" and loaded.device != "cuda":
         stand_in = isinstance(loaded.decoder, StaticDecoder) and loaded.decoder.use_graph
         return "graph" if stand_in else "eager"
@@ -194,6 +208,8 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
 
     if path == "generate":
         token_iter = _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos)
+    elif path == "compiled":
+        token_iter = _tokens_via_compiled(loaded, input_ids, settings, max_new, cancel, ignore_eos, notes)
     else:
         token_iter = _tokens_via_loop(loaded, input_ids, settings, max_new, cancel, ignore_eos,
                                       use_graph=(path == "graph"), notes=notes)
@@ -244,6 +260,8 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
         decode_tps = (n_out - 1) / (t_last - t_first)
     if path == "graph" and any(n.startswith("CUDA graph off") for n in notes):
         path = "graph-failed"
+    if path == "compiled" and any(n.startswith(COMPILE_OFF) for n in notes):
+        path = "compiled-failed"
     stats = GenerationStats(
         prompt_tokens=n_prompt, output_tokens=n_out,
         ttft_s=(t_first - t0) if t_first is not None else None, total_s=total,
@@ -288,8 +306,8 @@ def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings,
     model = loaded.model
     dec = loaded.decoder
     if not isinstance(dec, StaticDecoder) or dec.use_graph != use_graph:
-        if isinstance(dec, StaticDecoder):
-            dec.cache = dec.graph = None  # free the other path's cache (and graph pool) first
+        if dec is not None:
+            dec.close()  # free the other path's cache (and graph pool) first
         dec = loaded.decoder = StaticDecoder(model, loaded.device, use_graph)
     gen = make_generator(settings, loaded.device)
     suppress = torch.tensor(sorted(loaded.eos_ids), device=loaded.device) if ignore_eos and loaded.eos_ids else None
@@ -380,8 +398,56 @@ class _QueueStreamer:
 _seed_lock = threading.Lock()
 
 
+def _tokens_via_compiled(loaded: LoadedModel, input_ids, settings: SamplingSettings, max_new: int,
+                         cancel: threading.Event, ignore_eos: bool, notes: list[str]) -> Iterator[int]:
+    """transformers' static cache + torch.compile (reduce-overhead), as transformers documents it: a
+    static-cache ``generate`` compiles its decode step; here always in the same thread."""
+    from transformers import CompileConfig
+
+    dec = loaded.decoder
+    if not isinstance(dec, CompiledDecoder):
+        if dec is not None:
+            dec.close()
+        dec = loaded.decoder = CompiledDecoder()
+    if loaded.device != "cuda":
+        notes.append("no torch.compile on the CPU: transformers' static cache, uncompiled")
+    elif dec.calls == 0:
+        notes.append("the first answer compiles the decode step (torch.compile); later answers reuse it")
+    if dec.failed:
+        notes.append(f"{COMPILE_OFF} ({dec.failed}); decoding with transformers' generate")
+        yield from _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos)
+        return
+    n_prompt = int(input_ids.shape[1])
+    extra = dict(cache_implementation="static", max_cache_len=dec.cache_len(n_prompt + max_new + 1))
+    if loaded.device == "cuda":
+        extra["compile_config"] = CompileConfig(**COMPILE_CONFIG)
+    dec.calls += 1
+    inner = _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos, extra=extra,
+                                 submit=dec.submit)
+    produced: list[int] = []
+    try:
+        for tid in inner:
+            produced.append(tid)
+            yield tid
+        return
+    except Exception as exc:  # compiling is an optimisation: go on without it from where it stopped, and say why
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        dec.failed = f"{type(exc).__name__}: {text}"
+        notes.append(f"{COMPILE_OFF} ({dec.failed}); decoding with transformers' generate")
+    finally:
+        inner.close()
+    rest = max_new - len(produced)
+    if rest > 0 and not cancel.is_set():
+        import torch
+
+        done = torch.tensor([produced], dtype=input_ids.dtype, device=input_ids.device)
+        yield from _tokens_via_generate(loaded, torch.cat([input_ids, done], dim=1), settings, rest, cancel, ignore_eos)
+
+
 def _tokens_via_generate(loaded: LoadedModel, input_ids, settings: SamplingSettings, max_new: int,
-                         cancel: threading.Event, ignore_eos: bool) -> Iterator[int]:
+                         cancel: threading.Event, ignore_eos: bool, extra: dict | None = None,
+                         submit=None) -> Iterator[int]:
+    """``generate`` in a helper thread (``submit``: hand the work to a long-lived thread instead)."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -401,7 +467,9 @@ def _tokens_via_generate(loaded: LoadedModel, input_ids, settings: SamplingSetti
     kwargs["repetition_penalty"] = resolve_repetition_penalty(settings, loaded.model)
     if ignore_eos:
         kwargs["min_new_tokens"] = max_new
+    kwargs.update(extra or {})
     failure: list[BaseException] = []
+    done = threading.Event()
 
     def work() -> None:
         try:
@@ -414,9 +482,12 @@ def _tokens_via_generate(loaded: LoadedModel, input_ids, settings: SamplingSetti
             failure.append(exc)
         finally:
             streamer.q.put(None)
+            done.set()
 
-    thread = threading.Thread(target=work, name="medtui-generate", daemon=True)
-    thread.start()
+    if submit is None:
+        threading.Thread(target=work, name="medtui-generate", daemon=True).start()
+    else:
+        submit(work)
     try:
         while True:
             tid = streamer.q.get()
@@ -425,7 +496,7 @@ def _tokens_via_generate(loaded: LoadedModel, input_ids, settings: SamplingSetti
             yield tid
     finally:
         stop.set()
-        thread.join()
+        done.wait()
     if failure:
         raise failure[0]
 
