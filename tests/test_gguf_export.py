@@ -128,7 +128,8 @@ def test_demo_merge_writes_verified_gguf(demo_model: Path, workspace: Path, tmp_
               f"{v['load_seconds']} s; max |logit diff| {v['max_abs_logit_diff']} of {v['max_abs_logit']} "
               f"(relative {v['relative']}, tolerance {v['tolerance']}); top-1 {v['top1_agreement']}")
         assert v["passed"] and v["metadata_mismatches"] == [] and v["relative"] <= v["tolerance"], v
-        assert v["positions"] > 100 and v["top1_agreement"] >= v["min_top1_agreement"]
+        assert v["positions"] > 100 and v["decisive_positions"] > 0 and v["top1_agreement_decisive"] == 1.0
+        assert v["top1_agreement"] >= 0.9   # this model's near-ties (measured 97% at q4_0)
         assert f["ollama_create"] == f"ollama create {f['file'][:-len(f['type']) - 6]}:{f['type']} " \
                                      f"-f {out / 'gguf' / f['modelfile']}"
         assert (out / "gguf" / f["file"]).is_file() and sha256_file(out / "gguf" / f["file"]) == \
@@ -181,7 +182,8 @@ def test_real_model_gguf_round_trip(real_model: Path, tmp_path: Path) -> None:
     v = f["verification"]
     print(f"\nSmolLM2-135M q8_0: {f['bytes'] / 2**20:.1f} MiB in {f['seconds']} s; loaded back in {v['load_seconds']} s; "
           f"max |logit diff| {v['max_abs_logit_diff']} of {v['max_abs_logit']}; top-1 {v['top1_agreement']}")
-    assert v["relative"] <= v["tolerance"] and v["top1_agreement"] >= v["min_top1_agreement"] and v["tokenizer_matches"]
+    assert v["relative"] <= v["tolerance"] and v["top1_agreement_decisive"] == 1.0 and v["tokenizer_matches"]
+    assert v["top1_agreement"] >= 0.9   # a real model has few near-ties (measured 96%)
     assert f["tensor_types"]["Q8_0"] == 30 * 7 + 1 and f["architecture"] == "llama"
 
     meta = read_metadata(out / f["file"])

@@ -35,18 +35,21 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..templates import CHAT_SYSTEM, check_template, render_prompt
+from .verify import MIN_TOP1_DECISIVE, top1_figures
 
 GGUF_DIR = "gguf"
 # what ``--gguf`` accepts, in the order the files are written
 GGUF_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f32")
 DEFAULT_GGUF = "f16"
-# Per type: (max |logit diff| over the largest |logit| of the merged model, least top-1 agreement).
-# 16-bit types carry the merged weights exactly (bf16 -> f16 is exact in range); quantized types lose
-# precision (measured: q8_0 0.08 / 96% on SmolLM2-135M, q4_0 0.10 / 97% on the demo model). A wrong
-# tensor name, layout or hyperparameter gives differences of the order of the logits themselves.
+# Per type: the most |logit diff| over the largest |logit| of the merged model. 16-bit types carry the
+# merged weights exactly (bf16 -> f16 is exact in range); quantized types lose precision (measured:
+# q8_0 0.08 on SmolLM2-135M, 0.12 on a random-weight Qwen2.5-7B shape; q4_0 0.10 on the demo model). A
+# wrong tensor name, layout or hyperparameter gives differences of the order of the logits themselves.
+# Top-1 agreement is judged, as for the merge, at decisive positions only (merge.verify.top1_figures):
+# over all positions it depends on how many near-ties the model has (78% on random 7B weights at q8_0,
+# 96% on SmolLM2), which says nothing about the file.
 TOLERANCE = {"f32": 1e-3, "f16": 1e-3, "bf16": 1e-3, "q8_0": 0.15, "q5_1": 0.3, "q5_0": 0.3,
              "q4_1": 0.5, "q4_0": 0.5}
-MIN_TOP1 = {"f32": 0.99, "f16": 0.99, "bf16": 0.99, "q8_0": 0.9, "q5_1": 0.8, "q5_0": 0.8, "q4_1": 0.7, "q4_0": 0.7}
 # the model types whose tensors and hyperparameters are mapped here (config.json's model_type)
 ARCHITECTURES = ("qwen2", "qwen3", "llama")
 VERIFY_QUESTIONS = ("男，45岁，反复上腹痛3月，进食后加重，伴反酸。", "A 60-year-old woman with sudden chest pain and dyspnoea.")
@@ -662,14 +665,13 @@ def verify_files(model_dir: Path, template: str, ggufs: list[Path]) -> dict:
             rec["load_seconds"] = round(time.perf_counter() - t0, 3)
             got = logits_of(model)
             del model
-            diff = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))
-            agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(got, ref, strict=True))
-            tol, min_top1 = TOLERANCE[gtype], MIN_TOP1[gtype]
-            top1 = agree / rec["positions"]
-            rec.update(max_abs_logit_diff=round(diff, 6), max_abs_logit=round(scale, 6),
-                       relative=round(diff / scale, 6) if scale else None, tolerance=tol,
-                       top1_agreement=round(top1, 4), min_top1_agreement=min_top1,
-                       passed=bool(scale and diff / scale <= tol and top1 >= min_top1 and not rec["metadata_mismatches"]))
+            fig = top1_figures(torch.cat(got), torch.cat(ref))
+            diff, tol = fig["max_abs_logit_diff"], TOLERANCE[gtype]
+            dec = fig["top1_agreement_decisive"]
+            rec.update(fig, max_abs_logit=round(scale, 6), relative=round(diff / scale, 6) if scale else None,
+                       tolerance=tol, min_top1_agreement_decisive=MIN_TOP1_DECISIVE,
+                       passed=bool(scale and diff / scale <= tol and (dec is None or dec >= MIN_TOP1_DECISIVE)
+                                   and not rec["metadata_mismatches"]))
             try:
                 gtok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
                 rec["tokenizer_matches"] = all(gtok(p)["input_ids"] == tok(p)["input_ids"] for p in prompts)

@@ -101,32 +101,33 @@ def reference_logits(plan: MergePlan, prompts: list[str], tokenizer) -> dict:
     return out
 
 
-def compare_logits(merged: list, tuned: list, base: list) -> dict:
-    """The figures: merged vs base + adapter (and base alone vs base + adapter, the adapter's effect).
+def top1_figures(got, ref) -> dict:
+    """Top-1 agreement of ``got`` with ``ref`` (two [positions, vocab] tensors) over every position and
+    at *decisive* positions: where the reference's best token leads the runner-up by more than twice
+    the largest logit difference seen. Elsewhere (near-ties, everywhere on random weights) rounding or
+    quantization may legitimately pick the other token; at a decisive position no difference within
+    that bound can, so only a wrong model disagrees there."""
+    diff = float((got - ref).abs().max())
+    top2 = ref.topk(2, dim=-1)
+    agree = got.argmax(-1) == top2.indices[:, 0]
+    decisive = (top2.values[:, 0] - top2.values[:, 1]) > 2 * diff
+    n_dec = int(decisive.sum())
+    return {"positions": int(ref.shape[0]), "max_abs_logit_diff": round(diff, 6),
+            "top1_agreement": round(float(agree.float().mean()), 4), "decisive_positions": n_dec,
+            "top1_agreement_decisive": round(float(agree[decisive].float().mean()), 4) if n_dec else None}
 
-    top-1 agreement is reported over every position, and judged only at *decisive* positions: where
-    the reference's best token leads the runner-up by more than twice the largest logit difference
-    seen. Elsewhere (near-ties, everywhere on random weights) 16-bit rounding may legitimately pick the
-    other token; at a decisive position only a wrong merge can.
-    """
+
+def compare_logits(merged: list, tuned: list, base: list) -> dict:
+    """The figures: merged vs base + adapter (:func:`top1_figures`: top-1 agreement is reported over
+    every position and judged only at decisive positions), and base alone vs base + adapter (the
+    adapter's effect)."""
     import torch
 
     m, t, b = torch.cat(merged), torch.cat(tuned), torch.cat(base)
-    diff = float((m - t).abs().max())
-    effect = float((b - t).abs().max())
-    top2 = t.topk(2, dim=-1)
-    margin = top2.values[:, 0] - top2.values[:, 1]
-    agree = m.argmax(-1) == top2.indices[:, 0]
-    decisive = margin > 2 * diff
-    n_dec = int(decisive.sum())
     return {
-        "positions": int(t.shape[0]),
-        "max_abs_logit_diff": round(diff, 6),
-        "top1_agreement": round(float(agree.float().mean()), 4),
-        "decisive_positions": n_dec,
-        "top1_agreement_decisive": round(float(agree[decisive].float().mean()), 4) if n_dec else None,
-        "adapter_effect_max_abs_logit": round(effect, 6),
-        "adapter_effect_top1_agreement_base_vs_tuned": round(float((b.argmax(-1) == top2.indices[:, 0]).float().mean()), 4),
+        **top1_figures(m, t),
+        "adapter_effect_max_abs_logit": round(float((b - t).abs().max()), 6),
+        "adapter_effect_top1_agreement_base_vs_tuned": round(float((b.argmax(-1) == t.argmax(-1)).float().mean()), 4),
     }
 
 
