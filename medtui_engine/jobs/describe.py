@@ -46,6 +46,11 @@ def _train_event(ev: dict, state: RunState | None) -> Row | None:
         return Row("", f"eval at step {ev.get('step')}: loss {_f(ev.get('eval_loss'), '.4f')}")
     if t == "checkpoint":
         return Row("", f"checkpoint saved at step {ev.get('step')}")
+    if t == "fit_probe":
+        from ..fit import probe_sentence
+
+        bad = ev.get("oom") or ev.get("fits") is False
+        return Row("", probe_sentence(ev), Severity.WARNING if bad else Severity.INFO)
     if t == "notice":
         return Row("", f"note: {ev.get('message')}", Severity.WARNING if ev.get("level") == "warning" else Severity.INFO)
     if t == "finished":
