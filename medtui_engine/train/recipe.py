@@ -242,6 +242,8 @@ def choose_recipe(spec, shape=None, free_mib: float | None = None, gpus: int = 1
     if batching == "padding_free":
         reasons.append(f"Padding-free batches: the {backend} backend keeps attention within each sample and "
                        "restarts positions, so no step computes padding.")
+    elif batching == "padded" and micro == 1:
+        reasons.append("Padded batches: with one sample per micro-batch there is no padding to remove.")
     elif batching == "grouped":
         reasons.append(f"Length-grouped batches: padding-free batches are not verified with the {backend} backend, "
                        "so samples of similar length are batched together to cut padding.")
@@ -351,3 +353,16 @@ def resolve_recipe(spec, nvml=None) -> Recipe:
         recipe = replace(recipe, reasons=(*recipe.reasons, *(f"Note: {n}." for n in inputs.notes)))
     recipe.apply(spec)
     return recipe
+
+
+def preview_recipe(spec, nvml=None) -> tuple[Recipe, object]:
+    """The recipe a run of ``spec`` would get, without starting it: (recipe, a copy of the spec with
+    the recipe applied). For the Train form's "will it fit"; never raises on a half-filled form."""
+    import copy
+    from pathlib import Path
+
+    s = copy.deepcopy(spec)
+    s.resolved_recipe = {}
+    if s.data:
+        s.data = str(Path(s.data).expanduser())
+    return resolve_recipe(s, nvml), s
