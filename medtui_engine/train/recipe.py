@@ -238,7 +238,7 @@ def choose_recipe(spec, shape=None, free_mib: float | None = None, gpus: int = 1
         else:
             reasons.append(f"Micro-batch {micro} x accumulation {grad_accum // world}{per}: the effective batch stays "
                            f"{effective} samples per optimizer step, the largest micro-batch that fits"
-                           + (" (the longest samples are about {0:,} tokens).".format(longest) if lengths else "."))
+                           + (f" (the longest samples are about {longest:,} tokens)." if lengths else "."))
     if batching == "padding_free":
         reasons.append(f"Padding-free batches: the {backend} backend keeps attention within each sample and "
                        "restarts positions, so no step computes padding.")
