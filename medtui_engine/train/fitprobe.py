@@ -175,8 +175,7 @@ def fit_probe(run_dir: Path, spec, loaded, rows: list[dict], backend: str, write
                          load_in_4bit=bool(spec.load_in_4bit), gradient_checkpointing=bool(spec.gradient_checkpointing),
                          save_steps=spec.save_steps, reasons=reasons, probe=ev)
         recipe.apply(spec)
-    if corrections:
-        record_spec(run_dir, spec)
+    record_spec(run_dir, spec)   # the measured (and corrected) recipe is what a resume trains
     writer.emit("fit_probe", message=probe_sentence(ev), **ev)
     if result["oom"]:
         raise UserError(probe_sentence(ev) + ": even the leanest setting left to the recipe does not fit; lower "
