@@ -115,6 +115,47 @@ def test_on_the_cpu_the_batch_is_one_at_a_time_and_no_memory_is_guessed():
     assert r.estimate_gib is None and "No GPU here" in r.reasons[0]
 
 
+def test_the_probe_corrects_in_order_and_never_touches_what_was_given():
+    from medtui_engine.train.fitprobe import next_correction
+
+    s = spec(micro_batch=8, grad_accum=1, gradient_checkpointing=False, load_in_4bit=False)
+    said = []
+    while fix := next_correction(s):
+        changes, sentence, _reload = fix
+        for k, v in changes.items():
+            setattr(s, k, v)
+        said.append(sentence)
+        assert s.micro_batch * s.grad_accum == 8
+    assert said == ["halved the micro-batch to 4 x accumulation 2 (the effective batch stays 8)",
+                    "halved the micro-batch to 2 x accumulation 4 (the effective batch stays 8)",
+                    "halved the micro-batch to 1 x accumulation 8 (the effective batch stays 8)",
+                    "turned gradient checkpointing on", "fell back to 4-bit loading (QLoRA)"]
+    given = spec(micro_batch=8, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
+                 explicit=["micro_batch", "load_in_4bit"])
+    assert next_correction(given)[0] == {"gradient_checkpointing": True}
+    given.gradient_checkpointing = True
+    assert next_correction(given) is None
+
+
+def test_the_measured_fit_is_shown_beside_the_estimate():
+    from medtui_engine.jobs.describe import describe_event, describe_fit
+    from medtui_engine.runs.state import fold
+
+    ev = {"v": 1, "seq": 0, "t": 1.0, "type": "fit_probe", "skipped": False, "micro_batch": 4, "grad_accum": 2,
+          "gradient_checkpointing": False, "load_in_4bit": False, "estimate_gib": 18.2, "samples": 4,
+          "batch_tokens": 9876, "longest_tokens": 2600, "peak_mib": 17.5 * 1024, "budget_mib": 130 * 1024,
+          "tokens_per_s": 9415.0, "fits": True, "oom": False,
+          "corrections": ["halved the micro-batch to 4 x accumulation 2 (the effective batch stays 8)"]}
+    from medtui_engine.fit import probe_sentence
+
+    ev["message"] = probe_sentence(ev)
+    assert validate_event(ev) == []
+    row = describe_fit(fold([ev]))
+    assert row.value == describe_event(ev).value == ev["message"]
+    assert ("4 longest samples (9,876 tokens), micro-batch 4, 16-bit, checkpointing off: measured peak 17.5 GiB of "
+            "130.0 GiB usable, 9,415 tokens/s; estimated 18.2 GiB; halved the micro-batch") in row.value
+
+
 # ------------------------------------------------------------------ padding-free learns what padded learns
 
 def test_padding_free_batches_give_the_padded_batches_logits_and_loss(demo_model):

@@ -63,6 +63,17 @@ def _train_event(ev: dict, state: RunState | None) -> Row | None:
     return None
 
 
+def describe_fit(state: RunState) -> Row | None:
+    """The measured fit beside the estimate (the fit probe's event), for the run's views; None before it."""
+    ev = getattr(state, "fit_probe", None)
+    if not ev:
+        return None
+    from ..fit import probe_sentence
+
+    bad = ev.get("oom") or ev.get("fits") is False
+    return Row("will it fit", probe_sentence(ev), Severity.WARNING if bad else Severity.INFO)
+
+
 def describe_merge_progress(state: MergeState) -> Row | None:
     """Where a merge job is: its phase and how far (None before it began)."""
     if state.phase == "merge":
