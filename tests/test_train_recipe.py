@@ -247,16 +247,52 @@ async def test_the_train_form_shows_the_recipe_with_the_estimate(workspace, demo
 
 
 @pytest.mark.gpu
-def test_fit_probe_on_the_gpu_measures_and_corrects(demo_model, workspace):
-    """On a GPU: the probe runs before the first step, its event has the measured peak beside the
-    estimate; a micro-batch too big for the card is halved before training (run on the H200)."""
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_fit_probe_on_the_gpu_measures_before_the_first_step(demo_model, workspace, backend):
+    """On a GPU: the probe runs before the first step and its event has the measured peak and speed
+    beside the estimate; the run then trains with the recipe the probe confirmed."""
     proc = subprocess.run(
-        [sys.executable, "-m", "medtui_engine.cli", "train", "--data", str(DATA), "--max-steps", "2", "--backend", "hf",
-         "--workspace", str(workspace)], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr
+        [sys.executable, "-m", "medtui_engine.cli", "train", "--data", str(DATA), "--max-steps", "2",
+         "--backend", backend, "--workspace", str(workspace)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = next(d for d in (workspace / "runs").iterdir() if d.is_dir())
     events = read_events(run / "events.jsonl")
     probe = next(e for e in events if e["type"] == "fit_probe")
     assert not probe["skipped"] and probe["fits"] and probe["peak_mib"] > 0 and probe["tokens_per_s"] > 0
-    assert [e["type"] for e in events].index("fit_probe") < [e["type"] for e in events].index("train_begin")
-    print("\n" + probe["message"])
+    kinds = [e["type"] for e in events]
+    assert kinds.index("fit_probe") < kinds.index("train_begin") and kinds[-1] == "finished"
+    on_disk = json.loads((run / "spec.json").read_text())
+    assert on_disk["resolved_recipe"]["probe"]["peak_mib"] == probe["peak_mib"]
+    print(f"\n{backend}: {probe['message']}")
+
+
+@pytest.mark.gpu
+def test_unsloth_padding_free_batches_give_the_padded_batches_logits(demo_model):
+    """The recipe's claim that Unsloth keeps attention within each sample of a padding-free batch
+    (recipe.PADDING_FREE): the same check as on the CPU, through Unsloth's own model on the GPU."""
+    from unsloth import FastLanguageModel  # noqa: I001  (first, as Unsloth asks)
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from medtui_engine.train.data import load_train_cases, tokenize_cases
+
+    model, tok = FastLanguageModel.from_pretrained(model_name=str(demo_model), max_seq_length=256,
+                                                   dtype=torch.float32, load_in_4bit=False, local_files_only=True)
+    model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=8, lora_dropout=0.0, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], use_gradient_checkpointing=False)
+    cases, _ = load_train_cases(DATA, "Question", "Complex_CoT", "Response")
+    rows, _ = tokenize_cases(cases[:4], "seed", tok, 96, mask_prompt=False)
+    rows = [rows[0], {k: v[:50] for k, v in rows[1].items()}, rows[2], {k: v[:77] for k, v in rows[3].items()}]
+    lens = [len(r["input_ids"]) for r in rows]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model.train()
+    outs = {}
+    for pf in (False, True):
+        batch = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=pf)(rows)
+        batch = {k: v.cuda() for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            outs[pf] = model(**batch, use_cache=False).logits.float()
+    diff = max((outs[False][i, :n] - p).abs().max().item() for i, (n, p) in enumerate(zip(lens, torch.split(
+        outs[True][0], lens), strict=True)))
+    print(f"\nUnsloth padding-free vs padded: max |logit diff| {diff:.2e}")
+    assert diff < 1e-3
