@@ -1,20 +1,21 @@
-"""GPU benchmark of the training engine against the bare reference instrument, in one command.
+"""GPU benchmark of the training recipes, in one command: the product's auto recipe, the seed recipe
+and bare Unsloth + trl, on a named real model shape with the lengths of a real data set.
 
-    python benchmarks/bench_train.py OUT_DIR --reference PATH/TO/train_bench.py
+    medtui bench train OUT_DIR --data CASES.json [--shape qwen2.5-7b] [--steps 12] [--bare LIST]
 
-1. Builds a random-weight model of the Qwen2.5-7B shape (hidden 3584, intermediate 18944, 28 layers,
-   28 heads, 4 KV heads, vocab 152064, bf16) with the real Qwen tokenizer, on the GPU, and saves it
-   to local disk (default /tmp/medtui-bench/qwen2.5-7b-shape; reused when already there).
-2. For each backend (unsloth, hf): runs the reference instrument (bare trl SFTTrainer, random token
-   batches) and then the product's own job runner -- a detached ``medtui_engine.train.job`` with
-   spec.json, events.jsonl, heartbeat thread and NVML -- on cases rendered through the seed template
-   and cut to the same length: 4-bit, seq 2048, micro-batch 2, 20 steps, adamw_8bit, bf16, LoRA r=32
-   on the seven projections.
-3. Tokens/s over the same steps (after the warm-up steps) and peak VRAM of each, and the product's
-   overhead against the bare figure (target: under 3%). Results in OUT_DIR/bench_train.json,
-   logs in OUT_DIR (reference stdout, each run's events.jsonl and stdout.log).
+1. Builds a random-weight model of the named shape (qwen2.5-1.5b, qwen2.5-7b, qwen2.5-14b, qwen3-8b;
+   bf16, the real Qwen tokenizer) on the GPU in a child process, saved under --cache (reused).
+2. Renders the data set through the seed template and tokenizes it with that tokenizer: the token
+   length histogram (printed), and the rows the bare arms train on.
+3. Runs, one process each, one after the other: the product's job (``medtui_engine.train.job``, the
+   recipe resolved as ``medtui train`` resolves it, its fit probe included but not timed) with
+   ``recipe = auto`` and with ``recipe = seed``; then each bare recipe of --bare (``bare_unsloth_train.py``
+   beside this file: Unsloth + trl as a user writes them, no medtui code). Every arm trains 8 samples
+   per optimizer step; tokens/s count real tokens (no padding) over the steps after --warm.
+4. Prints tokens/s, peak memory, the ratio to the seed recipe and to the best bare recipe, and the
+   time for 3 epochs of the data set; writes OUT_DIR/bench_train.json and each arm's log.
 
-Random weights: the numbers are for speed and memory only. Needs a CUDA GPU.
+Random weights: speed and memory only (the losses are printed for the record).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -30,24 +30,34 @@ import sys
 import time
 from pathlib import Path
 
-QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                 num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
-                 max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6)
+SHAPES = {
+    "qwen2.5-1.5b": ("qwen2", dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                                   num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)),
+    "qwen2.5-7b": ("qwen2", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                                 num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)),
+    "qwen2.5-14b": ("qwen2", dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
+                                  num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False)),
+    "qwen3-8b": ("qwen3", dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                               num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False)),
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
                    "special_tokens_map.json")
+# bare recipes: micro-batch x accumulation / bits / batching / checkpointing
+DEFAULT_BARE = "8x1/16/padded/ckpt,8x1/16/pf/nockpt"
+EFFECTIVE = 8
 
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def build_model(out: Path) -> dict:
-    """Random Qwen2.5-7B-shape weights, initialised on the GPU, saved as bf16 safetensors."""
+def build_model(shape: str, out: Path) -> dict:
+    """Random weights of ``shape``, initialised on the GPU, saved as bf16 safetensors with the real Qwen tokenizer."""
     if (out / "config.json").exists() and (out / "medtui_bench.json").exists():
         log(f"model already at {out}")
         return json.loads((out / "medtui_bench.json").read_text())
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     from medtui_engine.demo import ensure_demo_model
 
@@ -62,204 +72,236 @@ def build_model(out: Path) -> dict:
     tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())
     tok_cfg["model_max_length"] = 32768
     (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, ensure_ascii=False, indent=2))
-    eos_id, pad_id = 151645, 151643
-    cfg = Qwen2Config(**QWEN25_7B, bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    arch, dims = SHAPES[shape]
+    config_cls, model_cls = (Qwen3Config, Qwen3ForCausalLM) if arch == "qwen3" else (Qwen2Config, Qwen2ForCausalLM)
+    cfg = config_cls(**dims, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+                     bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
     cfg.dtype = "bfloat16"
     torch.manual_seed(0)
     with torch.device("cuda"):
         torch.set_default_dtype(torch.bfloat16)
-        model = Qwen2ForCausalLM(cfg)
+        model = model_cls(cfg)
     torch.set_default_dtype(torch.float32)
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="5GB")
     del model
     torch.cuda.empty_cache()
-    meta = {"shape": "qwen2.5-7b", "params": params, "build_s": round(time.time() - t, 1)}
+    meta = {"shape": shape, "params": params, "build_s": round(time.time() - t, 1)}
     (tmp / "medtui_bench.json").write_text(json.dumps(meta))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    log(f"built {params / 1e9:.2f}B parameters in {meta['build_s']} s -> {out}")
+    log(f"built {shape}: {params / 1e9:.2f}B parameters in {meta['build_s']} s -> {out}")
     return meta
 
 
-def write_cases(path: Path, n: int, min_chars: int = 4000) -> None:
-    """Cases long enough that every rendered case is cut to exactly max_seq_length tokens."""
-    rng = random.Random(0)
-    pool = "患者男性女性岁腹痛发热咳嗽胸闷心悸头晕乏力恶心呕吐黄疸水肿血压心率白细胞血红蛋白肌酐尿素氮胆红素转氨酶影像提示诊断鉴别治疗方案随访复查"
-    with open(path, "w", encoding="utf-8") as fh:
-        for i in range(n):
-            body = "".join(rng.choice(pool) for _ in range(min_chars))
-            fh.write(json.dumps({"Question": f"病例{i}：" + body[:400], "Complex_CoT": body,
-                                 "Response": "疑似诊断：待定。"}, ensure_ascii=False) + "\n")
+def tokenize_data(data: Path, model: Path, max_len: int) -> tuple[list[list[int]], dict]:
+    """The data set's rows as the product tokenizes them (seed template), and the length histogram."""
+    from transformers import AutoTokenizer
+
+    from medtui_engine.dataset.measure import histogram, percentile
+    from medtui_engine.train.data import load_train_cases, tokenize_cases
+
+    tok = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+    cases, _ = load_train_cases(data, "Question", "Complex_CoT", "Response")
+    rows, counts = tokenize_cases(cases, "seed", tok, max_len, mask_prompt=False)
+    lens = sorted(len(r["input_ids"]) for r in rows)
+    h = histogram(lens, 10)
+    info = {"rows": len(rows), "tokens": counts["tokens"], "mean": round(sum(lens) / len(lens), 1),
+            "p50": percentile(lens, 0.5), "p95": percentile(lens, 0.95), "max": lens[-1], "truncated": counts["truncated"],
+            "histogram": {"edges": list(h.edges), "counts": list(h.counts)}}
+    return [r["input_ids"] for r in rows], info
 
 
-def run_reference(ref: Path, backend: str, model: Path, a, out: Path) -> dict:
-    cmd = [sys.executable, str(ref), "--backend", backend, "--model", str(model), "--bits", "4",
-           "--seq", str(a.seq), "--bs", str(a.bs), "--steps", str(a.steps), "--warm", str(a.warm), "--r", str(a.r)]
-    log("reference: " + " ".join(cmd[1:]))
-    t = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp", timeout=a.arm_timeout)
-    (out / f"reference_{backend}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
-    m = re.search(r"^RESULT (\{.*\})$", p.stdout, re.M)
-    if p.returncode != 0 or not m:
-        tail = (p.stdout + p.stderr)[-1500:]
-        raise RuntimeError(f"reference {backend} failed (exit {p.returncode}): {tail}")
-    res = json.loads(m.group(1))
-    res["wall_s"] = round(time.time() - t, 1)
-    return res
-
-
-def run_product(backend: str, model: Path, data: Path, a, out: Path, runs_dir: Path) -> dict:
+def run_product(recipe: str, model: Path, data: Path, a, out: Path, runs_dir: Path) -> dict:
     from medtui_engine.runs.events import read_events
-    from medtui_engine.runs.jobs import launch_job, wait_job
+    from medtui_engine.runs.jobs import kill_job, launch_job, wait_job
     from medtui_engine.runs.state import fold
     from medtui_engine.runs.store import new_run_dir
+    from medtui_engine.train.launch import prepare_spec
+    from medtui_engine.train.recipe import resolve_recipe
     from medtui_engine.train.spec import TrainSpec
 
-    spec = TrainSpec(
-        model=str(model), model_label="Qwen2.5-7B shape (random weights, benchmark)", data=str(data),
-        backend=backend, load_in_4bit=True, max_seq_length=a.seq, micro_batch=a.bs, grad_accum=1,
-        max_steps=a.steps, epochs=1, learning_rate=1e-4, warmup_ratio=0.0, optim="adamw_8bit", precision="bf16",
-        lora_r=a.r, lora_alpha=a.r, lora_dropout=0.0, save_every_epoch=False, save_steps=0, seed=0,
-    ).validate()
-    run_dir = new_run_dir(runs_dir, f"bench-{backend}")
+    spec = TrainSpec(model=str(model), model_label=f"{a.shape} shape (random weights, benchmark)", data=str(data),
+                     recipe=recipe, backend=a.backend, max_seq_length=a.max_len, max_steps=a.steps, epochs=1,
+                     warmup_ratio=0.0, lora_r=a.r, lora_alpha=a.r, lora_dropout=0.0, save_every_epoch=False, seed=0)
+    # what `medtui train --recipe R --max-steps N ...` gives: these settings explicit, the rest the recipe's
+    spec.explicit = ["model", "data", "recipe", "backend", "max_seq_length", "max_steps", "lora_r", "lora_alpha",
+                     "lora_dropout", "save_every_epoch", "seed"]
+    spec = prepare_spec(spec)
+    chosen = resolve_recipe(spec)
+    log(f"product {recipe}: {chosen.summary()}")
+    spec.save_steps = 0  # no checkpoint inside the timed steps (the recipe's periodic save is said above)
+    run_dir = new_run_dir(runs_dir, f"bench-{recipe}")
     spec.write(run_dir)
     t = time.time()
     pid = launch_job("medtui_engine.train.job", run_dir)
-    log(f"product {backend}: job {pid} in {run_dir}")
+    log(f"product {recipe}: job {pid} in {run_dir}")
     finished = wait_job(run_dir, timeout=a.arm_timeout)
     if not finished:
-        from medtui_engine.runs.jobs import kill_job
-
         kill_job(run_dir)  # free the GPU for the next arm
         wait_job(run_dir, timeout=30)
     events = read_events(run_dir / "events.jsonl")
     for name in ("events.jsonl", "stdout.log", "spec.json"):
         if (run_dir / name).exists():
-            shutil.copy2(run_dir / name, out / f"product_{backend}_{name}")
+            shutil.copy2(run_dir / name, out / f"product_{recipe}_{name}")
     st = fold(events)
     if not finished:
-        raise RuntimeError(f"product {backend} did not finish within {a.arm_timeout} s")
+        raise RuntimeError(f"product {recipe} did not finish within {a.arm_timeout} s")
     if st.status != "finished":
-        raise RuntimeError(f"product {backend} ended {st.status}: {st.error}")
+        raise RuntimeError(f"product {recipe} ended {st.status}: {st.error}")
     logs = {e["step"]: e for e in events if e["type"] == "log"}
     begin = next(e for e in events if e["type"] == "train_begin")
     fin = next(e for e in events if e["type"] == "finished")
+    probe = next((e for e in events if e["type"] == "fit_probe"), {})
     t_a, t_b = logs[a.warm]["elapsed_s"], logs[a.steps]["elapsed_s"]
     timed = a.steps - a.warm
-    tokens_per_step = begin["train_tokens"] / begin["num_examples"] * a.bs
-    losses = [e["loss"] for e in logs.values()]
-    hb = [e for e in events if e["type"] == "heartbeat"]
+    samples = begin["micro_batch"] * begin["grad_accum"]
+    tokens_per_step = begin["train_tokens"] / begin["num_examples"] * samples
     return {
-        "backend": backend, "tokens_per_s": round(timed * tokens_per_step / (t_b - t_a)),
-        "step_s": round((t_b - t_a) / timed, 3), "tokens_per_step": tokens_per_step,
-        "peak_gib": round((fin.get("torch_peak_mib") or 0) / 1024, 2),
-        "load_peak_gib": round((begin.get("load_peak_mib") or 0) / 1024, 2),
-        "nvml_peak_gib": round((st.peak_mem_mib or 0) / 1024, 2), "heartbeats": len(hb), "events": len(events),
-        "loss_first": losses[0], "loss_last": losses[-1], "wall_s": round(time.time() - t, 1),
-        "run_dir": str(run_dir),
+        "recipe": json.loads((run_dir / "spec.json").read_text()).get("resolved_recipe", {}).get("summary"),
+        "tokens_per_s": round(timed * tokens_per_step / (t_b - t_a)), "step_s": round((t_b - t_a) / timed, 3),
+        "samples_per_step": samples, "peak_gib": round((fin.get("torch_peak_mib") or 0) / 1024, 2),
+        "probe": probe.get("message"), "losses": [logs[s]["loss"] for s in sorted(logs)],
+        "wall_s": round(time.time() - t, 1),
     }
 
 
+def run_bare(spec: str, model: Path, rows: Path, a, out: Path) -> dict:
+    mbga, bits, batching, ckpt = spec.split("/")
+    bs, ga = (int(x) for x in mbga.split("x"))
+    script = Path(__file__).resolve().parent / "bare_unsloth_train.py"
+    cmd = [sys.executable, str(script), "--model", str(model), "--rows", str(rows), "--bs", str(bs), "--ga", str(ga),
+           "--bits", bits, "--pf", "true" if batching == "pf" else "false", "--ckpt", "true" if ckpt == "ckpt" else "false",
+           "--steps", str(a.steps), "--warm", str(a.warm), "--max-len", str(a.max_len), "--r", str(a.r)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # no medtui on its path
+    log("bare: " + " ".join(cmd[2:]))
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp", timeout=a.arm_timeout, env=env)
+    (out / f"bare_{spec.replace('/', '_')}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+    m = re.search(r"^RESULT (\{.*\})$", p.stdout, re.M)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"bare {spec} failed (exit {p.returncode}): {(p.stdout + p.stderr)[-1500:]}")
+    res = json.loads(m.group(1))
+    res["recipe"] = spec
+    res["wall_s"] = round(time.time() - t, 1)
+    return res
+
+
+def fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def report(results: dict, a) -> bool:
+    arms = results["arms"]
+    seed = (arms.get("product seed") or {}).get("tokens_per_s")
+    bare = [v for k, v in arms.items() if k.startswith("bare") and "tokens_per_s" in v]
+    best = max(bare, key=lambda v: v["tokens_per_s"]) if bare else None
+    tokens_3 = 3 * (results.get("data") or {}).get("tokens", 0)
+    print()
+    d = results.get("data") or {}
+    print(f"GPU: {results.get('gpu')}; {a.shape} shape ({(results.get('model') or {}).get('params', 0) / 1e9:.2f}B, "
+          f"random weights); data: {d.get('rows')} cases, mean {d.get('mean')} tokens, p50 {d.get('p50')}, "
+          f"p95 {d.get('p95')}, max {d.get('max')}; steps {a.warm + 1}-{a.steps} timed, {EFFECTIVE} samples a step")
+    print(f"{'arm':28} {'tokens/s':>9} {'peak':>9} {'vs seed':>8} {'vs bare':>8} {'3 epochs':>9}  recipe")
+    for name, v in arms.items():
+        tps = v.get("tokens_per_s")
+        if not tps:
+            print(f"{name:28} FAILED: {str(v.get('error'))[:300]}")
+            continue
+        vs_seed = f"{tps / seed:.2f}x" if seed else "-"
+        vs_bare = f"{tps / best['tokens_per_s']:.2f}x" if best else "-"
+        epochs = fmt_time(tokens_3 / tps) if tokens_3 else "-"
+        print(f"{name:28} {tps:>9,} {v.get('peak_gib', 0):>7.1f}G {vs_seed:>8} {vs_bare:>8} {epochs:>9}  {v.get('recipe')}")
+    auto = arms.get("product auto") or {}
+    if auto.get("probe"):
+        print(f"auto's {auto['probe']}")
+    if best:
+        print(f"best bare recipe: {best['recipe']}")
+    print(f"total {results['total_s']} s; results in {Path(a.out) / 'bench_train.json'}")
+    return all("tokens_per_s" in v for v in arms.values())
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python benchmarks/bench_train.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="medtui bench train", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="directory for results and logs")
-    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--reference", help="path of the reference instrument train_bench.py (omit to skip it)")
-    ap.add_argument("--model-dir", default="/tmp/medtui-bench/qwen2.5-7b-shape")
-    ap.add_argument("--backends", default="unsloth,hf")
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--bs", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warm", type=int, default=5)
+    ap.add_argument("--data", required=True, help="the data set whose lengths the arms train on (Question, "
+                                                  "Complex_CoT, Response), rendered through the seed template")
+    ap.add_argument("--shape", choices=list(SHAPES), default="qwen2.5-7b")
+    ap.add_argument("--backend", default="auto", help="the product's backend (default auto: Unsloth on a GPU)")
+    ap.add_argument("--bare", default=DEFAULT_BARE,
+                    help=f"bare recipes, MBxGA/BITS/padded|pf/ckpt|nockpt separated by commas (default {DEFAULT_BARE})")
+    ap.add_argument("--arms", default="auto,seed,bare", help="which arms to run (auto, seed, bare)")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warm", type=int, default=3)
+    ap.add_argument("--max-len", type=int, default=4096)
     ap.add_argument("--r", type=int, default=32)
+    ap.add_argument("--cache", default="/tmp/medtui-bench", help="where the built models and runs go")
     ap.add_argument("--arm-timeout", type=int, default=240, help="seconds allowed per arm")
-    ap.add_argument("--budget", type=int, default=470, help="seconds for the whole benchmark: arms that would not fit are skipped")
+    ap.add_argument("--budget", type=int, default=450, help="seconds for the whole benchmark: arms that would not "
+                                                            "fit are skipped")
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MEDTUI_HOME", "/tmp/medtui-bench/home")
-    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", "/tmp/medtui-bench/unsloth_compiled_cache")
+    cache = Path(a.cache)
+    model = cache / f"{a.shape}-shape"
+    os.environ.setdefault("MEDTUI_HOME", str(cache / "home"))
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(cache / "unsloth_compiled_cache"))
     from medtui_engine.offline import apply_offline
 
     apply_offline()
+    if a.build_only:  # in a child process, so this one never holds a CUDA context during the arms
+        build_model(a.shape, model)
+        return 0
     t0 = time.time()
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": vars(a), "arms": {}}
-    if a.build_only:  # in a child process, so this one never holds a CUDA context during the arms
-        build_model(Path(a.model_dir))
-        return 0
     try:
         from medtui_engine.gpu import read_nvml
 
         info = read_nvml(with_processes=False)
         if not info.available or not info.gpus:
-            print(f"bench_train needs a CUDA GPU ({info.error})", file=sys.stderr)
+            print(f"bench train needs a CUDA GPU ({info.error})", file=sys.stderr)
             return 2
         results["gpu"] = info.gpus[0].name
-        results["driver"] = info.driver_version
-        model = Path(a.model_dir)
-        b = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out), "--build-only",
-                            "--model-dir", str(model)], timeout=max(60, a.budget - 120))
+        b = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out), "--build-only", "--data", a.data,
+                            "--shape", a.shape, "--cache", str(cache)], timeout=max(60, a.budget - 120))
         if b.returncode != 0:
             raise RuntimeError(f"building the model failed (exit {b.returncode})")
         results["model"] = json.loads((model / "medtui_bench.json").read_text())
-        bench = Path("/tmp/medtui-bench")
-        data = bench / "cases.jsonl"
-        write_cases(data, a.bs * (a.steps + 4))
-        runs_dir = bench / "runs"
-        for backend in [b.strip() for b in a.backends.split(",") if b.strip()]:
-            arm: dict = {}
-            results["arms"][backend] = arm
-
-            def fits(what: str, arm: dict = arm, backend: str = backend) -> bool:
-                left = a.budget - (time.time() - t0)
-                if left < 100:
-                    arm[f"{what}_error"] = f"skipped: {left:.0f} s of the {a.budget} s budget left"
-                    log(f"{what} {backend} skipped ({left:.0f} s left)")
-                    return False
-                a.arm_timeout = min(a.arm_timeout, int(left) - 10)
-                return True
-
-            if a.reference and fits("reference"):
-                try:
-                    arm["reference"] = run_reference(Path(a.reference).resolve(), backend, model, a, out)
-                    log(f"reference {backend}: {arm['reference']['tokens_per_s']} tok/s, peak {arm['reference']['peak_gib']} GiB")
-                except Exception as exc:
-                    arm["reference_error"] = str(exc)
-                    log(f"reference {backend} FAILED: {exc}")
-            if not fits("product"):
+        rows, results["data"] = tokenize_data(Path(a.data), model, a.max_len)
+        rows_file = cache / f"rows-{a.shape}.json"
+        rows_file.write_text(json.dumps(rows))
+        log(f"data: {results['data']['rows']} cases, mean {results['data']['mean']} tokens, max {results['data']['max']}")
+        wanted = {x.strip() for x in a.arms.split(",")}
+        plan = [(f"product {r}", r) for r in ("auto", "seed") if r in wanted]
+        if "bare" in wanted:
+            plan += [(f"bare {s}", s) for s in a.bare.split(",") if s.strip()]
+        for name, what in plan:
+            left = a.budget - (time.time() - t0)
+            if left < 60:
+                results["arms"][name] = {"error": f"skipped: {left:.0f} s of the {a.budget} s budget left"}
                 continue
+            a.arm_timeout = min(a.arm_timeout, int(left) - 5)
             try:
-                arm["product"] = run_product(backend, model, data, a, out, runs_dir)
-                log(f"product {backend}: {arm['product']['tokens_per_s']} tok/s, peak {arm['product']['peak_gib']} GiB")
-            except Exception as exc:
-                arm["product_error"] = str(exc)
-                log(f"product {backend} FAILED: {exc}")
-            if "reference" in arm and "product" in arm:
-                ref, prod = arm["reference"]["tokens_per_s"], arm["product"]["tokens_per_s"]
-                arm["overhead_pct"] = round(100.0 * (ref - prod) / ref, 2)
+                if name.startswith("product"):
+                    res = run_product(what, model, Path(a.data).resolve(), a, out, cache / "runs")
+                else:
+                    res = run_bare(what, model, rows_file, a, out)
+                log(f"{name}: {res['tokens_per_s']:,} tokens/s, peak {res['peak_gib']} GiB")
+            except Exception as exc:  # one arm's failure is reported; the others still run
+                res = {"error": str(exc)}
+                log(f"{name} FAILED: {exc}")
+            results["arms"][name] = res
             (out / "bench_train.json").write_text(json.dumps(results, indent=2))
     finally:
         results["total_s"] = round(time.time() - t0, 1)
         (out / "bench_train.json").write_text(json.dumps(results, indent=2))
-    print()
-    print(f"GPU: {results.get('gpu')}; Qwen2.5-7B shape, 4-bit, seq {a.seq}, batch {a.bs}, steps {a.warm + 1}-{a.steps} timed")
-    print(f"{'backend':8} {'bare tok/s':>11} {'medtui tok/s':>13} {'overhead':>9} {'bare peak':>10} {'medtui peak':>12} {'medtui NVML':>12}")
-    for backend, arm in results["arms"].items():
-        ref, prod = arm.get("reference", {}), arm.get("product", {})
-        ov = f"{arm['overhead_pct']:.2f}%" if "overhead_pct" in arm else "-"
-        print(f"{backend:8} {ref.get('tokens_per_s', '-'):>11} {prod.get('tokens_per_s', '-'):>13} {ov:>9} "
-              f"{str(ref.get('peak_gib', '-')) + ' GiB':>10} {str(prod.get('peak_gib', '-')) + ' GiB':>12} "
-              f"{str(prod.get('nvml_peak_gib', '-')) + ' GiB':>12}")
-        for k in ("reference_error", "product_error"):
-            if k in arm:
-                print(f"  {k}: {arm[k][:300]}")
-    print(f"total {results['total_s']} s; results in {out / 'bench_train.json'}")
-    ok = all("overhead_pct" in arm for arm in results["arms"].values())
-    return 0 if ok else 1
+    return 0 if report(results, a) else 1
 
 
 if __name__ == "__main__":
-    # runnable as a file too (python benchmarks/bench_train.py OUT): the repo root on the path
+    # runnable as a file too (python benchmarks/bench_train.py OUT ...): the repo root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())

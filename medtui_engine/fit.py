@@ -86,3 +86,44 @@ def estimate_fit_for_spec(spec, nvml: NvmlInfo | None = None) -> FitEstimate:
         return estimate_fit(spec.model, setting_for_spec(spec), nvml)
     except Exception as exc:  # noqa: BLE001 - a model directory we cannot read: said in place
         return FitEstimate(_line(f"cannot estimate ({exc})", "warning"), {"model": str(spec.model), "error": str(exc)})
+
+
+# ------------------------------------------------------------------ the recipe's questions, and the probe's answer
+
+MARGIN = 0.85   # the auto recipe keeps its estimate under 85% of the free memory: the estimate is not exact
+
+
+def peak_gib(shape, setting: TrainSetting) -> float:
+    """The estimated peak of ``setting`` on ``shape`` (a :class:`medtui_engine.vram.ModelShape`), CUDA
+    context included: the figure every "will it fit" view compares with free memory."""
+    from .vram import CONTEXT_GIB, estimate_training_vram
+
+    return round(estimate_training_vram(shape, setting).total_gib + CONTEXT_GIB, 2)
+
+
+def fits(shape, setting: TrainSetting, free_mib: float, margin: float = MARGIN) -> tuple[bool, float]:
+    """(fits with the margin, estimated GiB)."""
+    need = peak_gib(shape, setting)
+    return need <= free_mib / 1024 * margin, need
+
+
+def probe_sentence(ev: dict) -> str:
+    """The fit probe's event in words, with the estimate beside the measurement (CLI, run view, runs show)."""
+    if ev.get("skipped"):
+        return f"fit probe skipped: {ev.get('reason')}"
+    est = ev.get("estimate_gib")
+    peak = (ev.get("peak_mib") or 0) / 1024
+    budget = (ev.get("budget_mib") or 0) / 1024
+    what = (f"micro-batch {ev.get('micro_batch')}, {'4' if ev.get('load_in_4bit') else '16'}-bit, checkpointing "
+            f"{'on' if ev.get('gradient_checkpointing') else 'off'}")
+    if ev.get("oom"):
+        measured = "ran out of memory"
+    else:
+        tps = ev.get("tokens_per_s")
+        measured = f"measured peak {peak:.1f} GiB of {budget:.1f} GiB usable" + (f", {tps:,.0f} tokens/s" if tps else "")
+    text = (f"fit probe on the {ev.get('samples')} longest samples ({ev.get('batch_tokens'):,} tokens), {what}: "
+            f"{measured}; estimated {'-' if est is None else f'{est:.1f}'} GiB")
+    fixes = ev.get("corrections") or []
+    if fixes:
+        text += "; " + "; ".join(fixes)
+    return text

@@ -15,6 +15,7 @@ import pytest
 from medtui_engine.cli import build_parser
 from medtui_engine.commands.train import spec_from_args
 from medtui_engine.train.spec import (
+    RECORDS,
     SETTINGS,
     Problem,
     SpecError,
@@ -70,7 +71,8 @@ def argv_for(spec: TrainSpec) -> list[str]:
 
 def test_every_field_is_declared_and_reachable_from_the_cli_or_deliberately_not():
     names = [f.name for f in fields(TrainSpec)]
-    assert list(SETTINGS) == names
+    assert list(SETTINGS) == [n for n in names if n not in RECORDS]   # the recipe's records are not settings
+    assert RECORDS == ("explicit", "resolved_recipe")
     off = {n for n, s in SETTINGS.items() if s.flag is None}
     assert off == NOT_ON_THE_CLI
     options = {o: a.dest for a in train_parser()._actions for o in a.option_strings}
@@ -116,7 +118,7 @@ def test_round_trip_command_line_spec_and_spec_json(tmp_path: Path):
     wanted = TrainSpec(
         model="demo", data=str(data), field_question="Q", field_cot="", field_response="A", limit_rows=7,
         allow_identifiers="phone_number,email", canaries=str(canaries), canary_repeats=3,
-        template="chat", mask_prompt=True, backend="hf", load_in_4bit=False, gradient_checkpointing=False,
+        template="chat", mask_prompt=True, recipe="seed", backend="hf", load_in_4bit=False, gradient_checkpointing=False,
         precision="fp32", lora_r=8, lora_alpha=12.5, lora_dropout=0.1, lora_bias="all",
         target_modules=["q_proj", "v_proj"], micro_batch=2, grad_accum=4, epochs=1.5, max_steps=9,
         learning_rate=3e-4, max_seq_length=512, warmup_ratio=0.1, scheduler="cosine", optim="adamw_torch",
@@ -136,7 +138,7 @@ def test_round_trip_command_line_spec_and_spec_json(tmp_path: Path):
     run.mkdir()
     spec.write(run, extra={"gpu": None})
     on_disk = json.loads((run / "spec.json").read_text())
-    assert set(on_disk) == set(SETTINGS) | {"spec_version", "run_id", "created_at", "gpu"}
+    assert set(on_disk) == set(SETTINGS) | set(RECORDS) | {"spec_version", "run_id", "created_at", "gpu"}
     assert on_disk["learning_rate"] == 3e-4 and on_disk["target_modules"] == ["q_proj", "v_proj"]
     assert TrainSpec.read(run) == wanted
 
@@ -195,7 +197,8 @@ def test_file_checks_and_settings_together_stay_separate(tmp_path: Path):
 
 def test_the_form_settings_are_declared_on_the_spec():
     assert [n for n, _ in form_settings()] == [
-        "model", "data", "limit_rows", "template", "mask_prompt", "backend", "load_in_4bit", "lora_r", "lora_alpha",
+        "model", "data", "limit_rows", "template", "mask_prompt", "recipe", "backend", "load_in_4bit", "lora_r",
+            "lora_alpha",
         "lora_dropout", "micro_batch", "grad_accum", "epochs", "max_steps", "learning_rate", "max_seq_length",
         "eval_fraction", "save_steps", "gpus"]
 

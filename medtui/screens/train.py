@@ -147,14 +147,18 @@ class TrainScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="fit")
     def _estimate(self, spec: TrainSpec) -> None:
-        # the estimate reads the model's config and NVML: blocking, so in a thread
+        # the estimate reads the model's config, NVML and the data's lengths: blocking, so in a thread
         from medtui_engine.fit import estimate_fit_for_spec
+        from medtui_engine.train.recipe import preview_recipe
 
-        line = estimate_fit_for_spec(spec).line
+        recipe, applied = preview_recipe(spec)   # the recipe the run would get, and the fit of that
+        line = estimate_fit_for_spec(applied).line
         style = {"ok": "green", "warning": "yellow", "problem": "bold red"}.get(line.verdict, "")
         text = Text.assemble(("Will it fit: ", "bold"), (line.value, style))
         if line.fix:
             text.append(f"\n  {line.fix}", style="dim")
+        text.append("\nRecipe: ", style="bold")
+        text.append(recipe.text())
         self.post_message(self.FitDone(text))
 
     @on(FitDone)

@@ -20,7 +20,7 @@ from textual.reactive import var
 from textual.widgets import Static
 
 from medtui_engine.fmt import fmt_duration
-from medtui_engine.jobs.describe import NextSteps, describe_run_status
+from medtui_engine.jobs.describe import NextSteps, describe_fit, describe_run_status
 from medtui_engine.jobs.status import JobStatus
 
 from ..run_actions import RunActions, run_action_bindings
@@ -79,6 +79,8 @@ def status_text(snap: RunSnapshot | None, width: int = 100) -> Text:
     if s.resumed:
         t.append(f"  resumed x{s.resumed}", style="dim")
     rows = describe_run_status(snap.status, s, run_dir=snap.run_dir, steps=TUI_STEPS)
+    if not rows and (fit := describe_fit(s)):   # while it runs: the measured fit beside the estimate
+        rows = [fit]
     if rows:
         t.append("\n")
         t.append_text(sentence_text(rows[0]))

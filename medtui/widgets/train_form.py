@@ -66,6 +66,7 @@ class TrainForm(VerticalScroll):
         self.values: dict[str, Any] = {}
         self._own: dict[str, str] = {}   # each field's own problem, kept while other fields change
         self.ready = False               # set once filled: changes before that are not the user's
+        self.edited: set[str] = set()    # settings the user changed: the auto recipe keeps them
 
     def compose(self) -> ComposeResult:
         yield Label(FORM_TITLE, classes="section-title")
@@ -80,6 +81,7 @@ class TrainForm(VerticalScroll):
         """Show ``spec``'s values (the defaults for a new run) and check each once."""
         self.base = spec
         self.ready = False
+        self.edited = set()
         # filling the form is not the user changing it: one check per field here, none per event
         with self.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
             for name in self.settings:
@@ -108,8 +110,11 @@ class TrainForm(VerticalScroll):
         self._publish()
 
     def spec(self) -> TrainSpec:
-        """The base spec with every entry that parses."""
-        return TrainSpec(**{**self.base.__dict__, **self.values})
+        """The base spec with every entry that parses; what the user changed is ``explicit``."""
+        spec = TrainSpec(**{**self.base.__dict__, **self.values})
+        spec.explicit = sorted(set(self.base.explicit) | (self.edited & set(self.values)))
+        spec.resolved_recipe = {}
+        return spec
 
     @property
     def ok(self) -> bool:
@@ -171,6 +176,7 @@ class TrainForm(VerticalScroll):
         name = wid.removeprefix("f-")
         if not self.ready or not wid.startswith("f-") or name not in self.settings:
             return
+        self.edited.add(name)
         self._check(name)
         self._publish()
         self.post_message(self.Edited(name))

@@ -43,8 +43,12 @@ def add_setting_arguments(p: argparse.ArgumentParser) -> None:
             default = default_value(name)
             if s.kind == "bool":
                 # a negative flag turns a setting that is on by default off (--no-4bit), and vice versa
-                kw.update(action="store_false" if s.negative else "store_true", default=default)
+                kw.update(action=_GivenFlag, const=not s.negative, default=default)
+                if s.also:  # the other way round too (--4bit): the recipe keeps what was asked
+                    sections[group].add_argument(s.also, dest=name, action=_GivenFlag, const=s.negative,
+                                                 default=default, help=argparse.SUPPRESS)
             else:
+                kw["action"] = _Given
                 if s.cli_required:
                     kw["required"] = True
                 else:
@@ -58,8 +62,33 @@ def add_setting_arguments(p: argparse.ArgumentParser) -> None:
             sections[group].add_argument(s.flag, **kw)
 
 
+GIVEN = "_given_settings"   # the namespace attribute listing the settings given on the command line
+
+
+def _note_given(namespace, dest: str) -> None:
+    given = list(getattr(namespace, GIVEN, None) or [])
+    if dest not in given:
+        given.append(dest)
+    setattr(namespace, GIVEN, given)
+
+
+class _Given(argparse._StoreAction):
+    """Store the value and note that the user gave this setting (the auto recipe keeps it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _note_given(namespace, self.dest)
+
+
+class _GivenFlag(argparse._StoreConstAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const)
+        _note_given(namespace, self.dest)
+
+
 def spec_from_args(args) -> object:
-    """The TrainSpec the parsed options stand for (fields without a flag keep their defaults)."""
+    """The TrainSpec the parsed options stand for (fields without a flag keep their defaults); the
+    settings given on the command line are listed in ``explicit``."""
     from ..train.spec import SETTINGS, TrainSpec
 
     values = {}
@@ -68,7 +97,9 @@ def spec_from_args(args) -> object:
             continue
         value = getattr(args, name)
         values[name] = s.parse(value) if s.kind in ("list", "number") else value
-    return TrainSpec(**values)
+    spec = TrainSpec(**values)
+    spec.explicit = [n for n in getattr(args, GIVEN, None) or [] if n in SETTINGS]
+    return spec
 
 
 def check_gpu_free(runs_dir: Path, force: bool) -> tuple[dict, list[str]]:
@@ -118,10 +149,17 @@ def run(args) -> int:
         spec.validate(check_files=True)
     except SpecError as exc:  # the settings' messages, with the flag after each label
         raise UserError(exc.render(flags=True)) from None
+    from ..train.launch import prepare_spec
+    from ..train.recipe import resolve_recipe
+
+    recipe = resolve_recipe(prepare_spec(spec))   # shown before the job starts; start_run keeps it
+    if not args.json:
+        print(recipe.text())
     started = start_run(ctx.runs_dir, spec, force=args.force, name=args.name)
     run_dir, pid, warnings = started.run_dir, started.pid, list(started.warnings)
     if args.json and args.detach:
-        print_json({"run_id": run_dir.name, "run_dir": str(run_dir), "pid": pid, "warnings": warnings})
+        print_json({"run_id": run_dir.name, "run_dir": str(run_dir), "pid": pid, "warnings": warnings,
+                    "recipe": recipe.as_dict()})
         return EXIT_OK
     for w in warnings:
         print(w, file=sys.stderr)

@@ -46,6 +46,11 @@ def _train_event(ev: dict, state: RunState | None) -> Row | None:
         return Row("", f"eval at step {ev.get('step')}: loss {_f(ev.get('eval_loss'), '.4f')}")
     if t == "checkpoint":
         return Row("", f"checkpoint saved at step {ev.get('step')}")
+    if t == "fit_probe":
+        from ..fit import probe_sentence
+
+        bad = ev.get("oom") or ev.get("fits") is False
+        return Row("", probe_sentence(ev), Severity.WARNING if bad else Severity.INFO)
     if t == "notice":
         return Row("", f"note: {ev.get('message')}", Severity.WARNING if ev.get("level") == "warning" else Severity.INFO)
     if t == "finished":
@@ -56,6 +61,17 @@ def _train_event(ev: dict, state: RunState | None) -> Row | None:
     if t == "failed":
         return Row("", f"FAILED at step {ev.get('step')}: {ev.get('error')}", Severity.PROBLEM)
     return None
+
+
+def describe_fit(state: RunState) -> Row | None:
+    """The measured fit beside the estimate (the fit probe's event), for the run's views; None before it."""
+    ev = getattr(state, "fit_probe", None)
+    if not ev:
+        return None
+    from ..fit import probe_sentence
+
+    bad = ev.get("oom") or ev.get("fits") is False
+    return Row("will it fit", probe_sentence(ev), Severity.WARNING if bad else Severity.INFO)
 
 
 def describe_merge_progress(state: MergeState) -> Row | None:

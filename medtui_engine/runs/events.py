@@ -39,6 +39,9 @@ EVENT_TYPES: dict[str, dict[str, tuple]] = {
                   "rss_mib": _OPT_NUM},
     # something the user should know that is not an error (4-bit impossible on the CPU, rows truncated)
     "notice": {"message": (str,), "level": (str,)},
+    # the fit probe before the first step: the measured peak beside the estimate, or why it was skipped
+    # (``skipped``, ``fits``, ``oom`` are extra booleans; figures in fit.probe_sentence)
+    "fit_probe": {"message": (str,)},
     "finished": {"step": (int,), "adapter": (str,), "runtime_s": _OPT_NUM, "final_loss": _OPT_NUM},
     "stopped": {"step": (int,), "checkpoint": _OPT_STR, "reason": (str,)},
     "failed": {"step": _OPT_NUM, "error": (str,), "error_type": (str,), "traceback_tail": (str,)},

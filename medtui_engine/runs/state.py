@@ -52,6 +52,7 @@ class RunState:
     eval: list[tuple[int, float | None]] = field(default_factory=list)
     checkpoints: list[int] = field(default_factory=list)
     checkpoint_paths: list[str] = field(default_factory=list)
+    fit_probe: dict = field(default_factory=dict)   # the fit probe's event (the measured fit), once written
     # speed
     tokens_per_s: float | None = None
     elapsed_s: float | None = None
@@ -241,8 +242,13 @@ def _on_notice(state: RunState, ev: dict) -> None:
         state.notices.append(msg)
 
 
+def _on_fit_probe(state: RunState, ev: dict) -> None:
+    state.fit_probe = {k: v for k, v in ev.items() if k not in ("v", "seq", "t", "type")}
+
+
 _HANDLERS = {
     "notice": _on_notice,
+    "fit_probe": _on_fit_probe,
     "job_start": _on_job_start,
     "train_begin": _on_train_begin,
     "log": _on_log,

@@ -162,3 +162,17 @@ def optimizer_for(spec, cuda: bool) -> tuple[str, str | None]:
     if cuda and importlib.util.find_spec("bitsandbytes") is not None:
         return "adamw_8bit", None
     return "adamw_torch", None
+
+
+def batching_args(spec) -> dict:
+    """The trainer arguments for the recipe's batching (``spec.resolved_recipe``; padded for specs
+    written before recipes). Padding-free: trl flattens each micro-batch into one row with restarting
+    position_ids and no attention mask; the rows are already cut to max_seq_length (data.tokenize_cases),
+    so trl's own max_length, which it cannot enforce padding-free, is left out. Grouped: the trainer's
+    length-grouped sampler. Padded: padding-free off explicitly (Unsloth would otherwise choose)."""
+    batching = (getattr(spec, "resolved_recipe", None) or {}).get("batching", "padded")
+    if batching == "padding_free":
+        return {"padding_free": True, "max_length": None}
+    if batching == "grouped":
+        return {"padding_free": False, "train_sampling_strategy": "group_by_length"}
+    return {"padding_free": False}

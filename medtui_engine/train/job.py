@@ -319,7 +319,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from .backends import load_for_training, optimizer_for
+    from .backends import batching_args, load_for_training, optimizer_for
     from .data import (
         data_record,
         load_train_cases,
@@ -378,6 +378,12 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     eval_rows, _ = tokenize_cases(eval_cases, spec.template, loaded.tokenizer, spec.max_seq_length, spec.mask_prompt)
 
     cuda = torch.cuda.is_available()
+    if rank == 0 and resume_ckpt is None and world == 1:   # the fit probe: measure the longest batch, correct
+        from .fitprobe import fit_probe
+
+        loaded = fit_probe(run_dir, spec, loaded, train_rows, backend, writer,
+                           reload=lambda: load_for_training(spec, spec.model, backend))
+        grad_accum = spec.grad_accum
     optim, note = optimizer_for(spec, cuda)
     if note:
         writer.emit("notice", message=note, level="info")
@@ -410,7 +416,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
         save_total_limit=spec.keep_checkpoints,
         eval_strategy=eval_strategy, eval_steps=spec.eval_steps or None,
         bf16=loaded.dtype == "bf16", fp16=loaded.dtype == "fp16", use_cpu=not cuda,
-        max_length=spec.max_seq_length, packing=False, report_to="none", disable_tqdm=True,
+        **{"max_length": spec.max_seq_length, **batching_args(spec)}, packing=False, report_to="none", disable_tqdm=True,
         # hf: the trainer turns checkpointing on; Unsloth did it its own way in get_peft_model
         gradient_checkpointing=spec.gradient_checkpointing and backend == "hf",
         dataloader_num_workers=0, dataset_num_proc=None, save_only_model=False,

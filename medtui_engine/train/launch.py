@@ -115,6 +115,9 @@ def start_run(runs_dir: Path, spec: TrainSpec, force: bool = False, name: str | 
     spec = prepare_spec(spec)
     spec.allow_identifiers = ",".join(parse_kinds(spec.allow_identifiers))
     audit = check_run_data(spec)
+    from .recipe import resolve_recipe
+
+    resolve_recipe(spec)   # the recipe (auto or seed) into the spec's settings and spec.json; kept if resolved
     gpu_env, warnings, job_args = pick_gpus(runs_dir, spec, force)
     run_dir = new_run_dir(runs_dir, name or Path(spec.model).name)
     spec.write(run_dir, extra={"gpu": gpu_env.get("CUDA_VISIBLE_DEVICES"), "data_audit": audit.as_dict()})

@@ -28,6 +28,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
 OPTIMIZERS = ("auto", "adamw_8bit", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "sgd", "adafactor")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BIASES = ("none", "all", "lora_only")
+RECIPES = ("auto", "seed")
 
 # Sections of `medtui train --help`, in order ("" is the command's own section).
 GROUPS = ("", "data fields", "LoRA", "training", "checkpoints and evaluation", "several GPUs or boxes")
@@ -61,6 +62,7 @@ class Setting:
     rule: str = ""
     check: Callable[[Any], bool] | None = None
     negative: bool = False
+    also: str | None = None         # a second flag turning a bool on (``--4bit`` beside ``--no-4bit``)
     hidden: bool = False            # on the command line, but not in --help
     cli_required: bool = False
     form: bool = False
@@ -256,12 +258,18 @@ class TrainSpec:
         False, label="Loss on answer only", kind="bool", flag="--mask-prompt", form=True,
         help="train on the reasoning and answer only (no loss on the prompt)",
         hint="mask the prompt: train on reasoning + answer")
+    recipe: str = _setting(
+        "auto", label="Recipe", kind="choice", choices=RECIPES, flag="--recipe", form=True,
+        help="auto (default): the fastest precision, batching and checkpointing that fit this GPU and data, "
+             "keeping the effective batch; settings given explicitly are kept. seed: the seed's exact recipe "
+             "(micro-batch 1 x 8, 4-bit, gradient checkpointing)",
+        hint="auto: fastest that fits (explicit settings kept); seed: 1 x 8, 4-bit")
     backend: str = _setting("auto", label="Backend", kind="choice", choices=BACKENDS, flag="--backend", form=True,
                             help="auto: Unsloth where installed and a GPU is present, else hf")
     # loading
     load_in_4bit: bool = _setting(
-        True, label="Load in 4-bit", kind="bool", flag="--no-4bit", negative=True, group="training", form=True,
-        help="load the base model in 16-bit instead of 4-bit", hint="QLoRA (GPU only; the CPU loads 16/32-bit)")
+        True, label="Load in 4-bit", kind="bool", flag="--no-4bit", negative=True, also="--4bit", group="training",
+        form=True, help="load the base model in 16-bit instead of 4-bit (--4bit: in 4-bit, whatever the recipe)", hint="QLoRA (GPU only; the CPU loads 16/32-bit)")
     gradient_checkpointing: bool = _setting(True, label="Gradient checkpointing", kind="bool",
                                             flag="--no-gradient-checkpointing", negative=True, group="training")
     precision: str = _setting("auto", label="Precision", kind="choice", choices=PRECISIONS, flag="--precision",
@@ -354,6 +362,10 @@ class TrainSpec:
     rdzv_id: str = _setting("", label="Rendezvous id", flag="--rdzv-id", metavar="ID", group="several GPUs or boxes",
                             help="the same id on every box of one run (torchrun --rdzv_id)")
 
+    # what the recipe resolved to (not settings: filled in when the run starts, kept in spec.json)
+    explicit: list[str] = field(default_factory=list, compare=False)   # settings the user gave (kept by the recipe)
+    resolved_recipe: dict = field(default_factory=dict, compare=False)  # the recipe chosen, with its reasons
+
     def validate(self, check_files: bool = True) -> TrainSpec:
         """Raise :class:`SpecError` listing every invalid setting; returns self when all is well."""
         problems = [p for name in SETTINGS for p in validate_field(name, getattr(self, name))]
@@ -394,7 +406,8 @@ class TrainSpec:
             return cls.from_dict(json.load(fh))
 
 
-SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(TrainSpec)}
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(TrainSpec) if "setting" in f.metadata}
+RECORDS = tuple(f.name for f in fields(TrainSpec) if "setting" not in f.metadata)   # explicit, resolved_recipe
 FILE_SETTINGS = ("data", "model", "canaries")   # also checked against the file system
 
 
