@@ -10,8 +10,9 @@ the Train form and ``spec.json`` (``resolved_recipe``) show the same words.
 
 Which candidate is fastest is judged by relative speeds measured on an H200 (Qwen2.5-7B shape, real
 lengths, Unsloth + trl): 4-bit runs at about 0.62 of 16-bit (5,744 vs 9,415 tokens/s at 8 x 1),
-micro-batch 1 at about 0.31 of micro-batch 8 (1,773 vs 5,744), and gradient checkpointing costs
-about a quarter (the recomputed forward). The fit probe in the job (``train.fitprobe``) then measures
+micro-batch 1 at about 0.31 of micro-batch 8 (1,773 vs 5,744). Two figures are estimates, not yet
+measured: micro-batches 2 and 4 (interpolated) and the cost of gradient checkpointing (about a quarter,
+the recomputed forward); `medtui bench train` is the instrument that should replace them. The fit probe in the job (``train.fitprobe``) then measures
 the longest batch and corrects the choice before the first real step.
 """
 
