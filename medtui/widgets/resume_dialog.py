@@ -9,6 +9,7 @@ cannot be. Dismisses with the settings to change ({} for none) or None (cancel).
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -44,7 +45,7 @@ class ResumeDialog(Confirm):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.title_text, classes="section-title")
-            yield Static(self.body, id="resume-body")
+            yield Static(Text(self.body), id="resume-body")
             for name, label in FIELDS:
                 with Horizontal(classes="resume-row"):
                     yield Label(label)
@@ -83,11 +84,12 @@ class ResumeDialog(Confirm):
         try:
             changed, change = resume_settings(self.spec_now, self.asked(), self.world)
         except UserError as exc:
-            box.update(f"[b red]Cannot resume so:[/] {exc}")
+            box.update(Text.assemble(("Cannot resume so: ", "bold red"), str(exc)))
             box.set_class(True, "-refused")
             return None
         box.set_class(False, "-refused")
-        box.update(f"[b]Change:[/] {change}" if change else "No change: the run resumes with the settings it had.")
+        box.update(Text.assemble(("Change: ", "bold"), change) if change
+                   else Text("No change: the run resumes with the settings it had."))
         return changed, change
 
     @on(Input.Changed)
@@ -98,11 +100,6 @@ class ResumeDialog(Confirm):
     @on(Input.Submitted)
     def _submitted(self) -> None:
         self.action_answer(True)
-
-    @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        self.action_answer(event.button.id == "confirm-yes")
 
     def action_answer(self, yes: bool) -> None:
         if not yes:
