@@ -156,8 +156,9 @@ def run_action_bindings(id_prefix: str, which: str) -> list[Binding]:
         Binding("s", "stop", "Stop", id=f"{id_prefix}-stop", tooltip=f"Stop {which} gracefully (asks first)"),
         Binding("r", "resume", "Resume", id=f"{id_prefix}-resume",
                 tooltip=f"Resume {which} from its newest checkpoint (after running out of memory: with the advised "
-                        "settings, shown first)"),
-        Binding("R", "resume_with", "Resume with...", id=f"{id_prefix}-resume-with",
+                        "settings, shown first); R: with other settings"),
+        # off the footer (it is full at 80 columns); r's tooltip names it
+        Binding("R", "resume_with", "Resume with...", id=f"{id_prefix}-resume-with", show=False,
                 tooltip=f"Resume {which} with other settings: micro-batch, accumulation, max length, checkpointing"),
         Binding("m", "merge", "Merge", id=f"{id_prefix}-merge", tooltip=f"Merge {which}'s adapter into the base model"),
         Binding("o", "console", "Console", id=f"{id_prefix}-console",
