@@ -268,3 +268,56 @@ async def test_tui_resume_with_these_settings(oom_run, workspace):
     assert [(c["step"], c["settings"]) for c in changes] == [(2, {"micro_batch": 1, "grad_accum": 4})]
     kill_job(run)
     wait_job(run, timeout=60)
+
+
+# ---------------------------------------------------------------- the GPU tier (pytest -m gpu)
+
+@pytest.mark.gpu
+def test_gpu_a_real_cuda_oom_fails_with_advice(qwen05_model, tmp_path):
+    """A real CUDA out-of-memory (64 cases of 4,096 tokens in one micro-batch of a 0.5B model: its logits
+    alone want ~160 GiB) ends `failed` with the advice, not `crashed`."""
+    data = tmp_path / "long.jsonl"
+    text = " ".join(["The patient reports chest pain radiating to the left arm."] * 400)
+    data.write_text("".join(json.dumps({"Question": f"case {i}: {text}", "Complex_CoT": text, "Response": text}) + "\n"
+                            for i in range(64)), encoding="utf-8")
+    ws = tmp_path / "workspace"
+    r = medtui("train", "--data", str(data), "--model", str(qwen05_model), "--backend", "hf", "--no-4bit",
+               "--no-gradient-checkpointing", "--micro-batch", "64", "--grad-accum", "1", "--max-seq-length", "4096",
+               "--max-steps", "2", "--heartbeat", "1", env=ws_env(ws))
+    run = only_run(ws)
+    print(r.stdout[-2000:], r.stderr[-2000:])
+    assert r.returncode == 1, (r.stdout[-3000:], r.stderr[-3000:])
+    _, state = load_run(run)
+    assert state.status == "failed" and state.step == 0 and state.error_type == "OutOfMemoryError"
+    assert state.error.startswith("out of GPU memory (CUDA out of memory. Tried to allocate")
+    assert state.advice["settings"] == {"micro_batch": 32, "grad_accum": 2}
+    assert "next try micro-batch 64 -> 32 with accumulation 1 -> 2 keeps 64 samples per step" in state.error
+    assert "--micro-batch 32 --grad-accum 2` resumes with it from step 0 (no checkpoint was saved)" in r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_gpu_oom_then_resume_with_a_smaller_micro_batch_finishes(qwen05_model, tmp_path, backend):
+    """The test switch on the GPU, both backends: out of memory as step 3 begins, then `runs resume
+    --micro-batch 1` continues from checkpoint 2 with accumulation 4, to the end."""
+    ws = tmp_path / "workspace"
+    args = ["--data", str(DATA), "--model", str(qwen05_model), "--backend", backend, "--limit-rows", "12",
+            "--max-seq-length", "256", "--micro-batch", "2", "--grad-accum", "2", "--max-steps", "5", "--save-steps", "2",
+            "--lr", "5e-3", "--warmup-ratio", "0", "--lora-r", "16", "--lora-alpha", "32", "--heartbeat", "1"]
+    r = medtui("train", *args, env=ws_env(ws, MEDTUI_FAULT="oom@3"))
+    run = only_run(ws)
+    assert r.returncode == 1, (r.stdout[-3000:], r.stderr[-3000:])
+    _, state = load_run(run)
+    assert state.status == "failed" and state.step == 2 and state.advice["settings"] == {"micro_batch": 1, "grad_accum": 4}
+    resumed = medtui("runs", "resume", run.name, "--micro-batch", "1", env=ws_env(ws))
+    print(resumed.stdout[-3000:])
+    assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:], (run / "stdout.log").read_text()[-3000:])
+    events = read_events(run / "events.jsonl")
+    begins = [e for e in events if e["type"] == "train_begin"]
+    assert [(b["start_step"], b["micro_batch"], b["grad_accum"]) for b in begins] == [(0, 2, 2), (2, 1, 4)]
+    _, state = load_run(run)
+    assert state.status == "finished" and state.step == 5 and state.device.startswith("cuda")
+    losses = curve(run)
+    assert sorted(losses) == [1, 2, 3, 4, 5] and all(math.isfinite(v[0]) for v in losses.values())
+    # the same places in the data as micro-batch 2 would have had: steps of 4 samples in epochs of 3 steps
+    assert [round(losses[s][2], 4) for s in (3, 4, 5)] == [1.0, 1.3333, 1.6667]

@@ -31,6 +31,8 @@ def _train_event(ev: dict, state: RunState | None) -> Row | None:
     if t == "job_start":
         how = f"resumed from step {ev.get('resumed_from')}" if ev.get("resumed_from") is not None else "started"
         return Row("", f"job {ev.get('pid')} {how} (backend {ev.get('backend')})")
+    if t == "resume_settings":
+        return Row("", f"settings from step {ev.get('step')} on: {ev.get('change')}")
     if t == "train_begin":
         tokens = ev.get("train_tokens")
         return Row("", f"training {ev.get('model_label') or ev.get('model')} on {ev.get('device')}: "
