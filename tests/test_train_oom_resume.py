@@ -23,7 +23,7 @@ from medtui_engine.errors import UserError
 from medtui_engine.runs.events import read_events, validate_event
 from medtui_engine.runs.jobs import kill_job, wait_job
 from medtui_engine.runs.store import load_run
-from medtui_engine.train.resume import oom_advice, resume_settings
+from medtui_engine.train.resume import Advice, oom_advice, resume_settings
 from medtui_engine.train.spec import TrainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +223,8 @@ def test_oom_advice_goes_from_the_cheapest_change_to_the_last_resort():
                                      "fit: start a new run that loads the base in 4-bit, or use a GPU with more free "
                                      "memory")
     assert oom_advice(spec, cuda=True).settings == {}
+    assert oom_advice(TrainSpec(micro_batch=8), loading=True) == Advice(
+        {}, "the model's weights do not fit while loading: use a GPU with more free memory")
 
 
 @pytest.mark.slow
@@ -254,10 +256,13 @@ async def test_tui_resume_with_these_settings(oom_run, workspace):
         field.value = "3"
         await wait_until(pilot, lambda: "= 12 samples per step, but the run trains with 4" in str(check.render()),
                          "the refusal", show=lambda: str(check.render()))
-        await pilot.click("#confirm-yes")
+        field.focus()
+        await pilot.press("enter")   # enter in a field answers Resume, as the button does
+        await pilot.pause()
         assert app.screen is dialog
         field.value = "1"
         await wait_until(pilot, lambda: ADVICE in str(check.render()), "the advice again")
+        await pilot.pause()          # the dialog's new layout, before the button is clicked
         await pilot.click("#confirm-yes")
         await wait_until(pilot, lambda: app.screen is not dialog, "the dialog to close")
         await wait_until(pilot, lambda: notified(app, f"Resuming {run.name} from checkpoint-2 with {ADVICE}"),

@@ -156,7 +156,8 @@ def _friendly_error(exc: BaseException, spec: TrainSpec, progress: Progress | No
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
     if is_oom(exc):
         advice = oom_advice(spec, world=progress.world if progress else 1,
-                            longest=progress.longest if progress else None, cuda=not (progress and progress.cpu))
+                            longest=progress.longest if progress else None, cuda=not (progress and progress.cpu),
+                            loading=not (progress and progress.began))
         return oom_message(exc, advice), {"advice": advice.as_dict()}
     return text[:1000], {}
 
@@ -201,6 +202,7 @@ class Progress:
         self.longest: int | None = None     # the longest training row, in tokens (after truncation)
         self.cpu = False
         self.prev_examples: int | None = None   # the rows the run trained on before this resume
+        self.began = False                      # the trainer began (an OOM before it: the weights)
 
 
 def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_fields: dict,
@@ -218,6 +220,7 @@ def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_f
             self.window: deque = deque(maxlen=20)   # (monotonic time, step) of recent logs
 
         def on_train_begin(self, args, state, control, **kw):
+            progress.began = True
             progress.step = int(state.global_step)
             progress.t0 = time.monotonic()
             self.window.append((progress.t0, state.global_step))

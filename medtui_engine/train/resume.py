@@ -135,10 +135,15 @@ def shorter_length(max_seq_length: int, longest: int | None) -> int | None:
     return target if 64 <= target < max_seq_length else None
 
 
-def oom_advice(spec: TrainSpec, world: int = 1, longest: int | None = None, cuda: bool = True) -> Advice:
+def oom_advice(spec: TrainSpec, world: int = 1, longest: int | None = None, cuda: bool = True,
+               loading: bool = False) -> Advice:
     """The one next setting to try after running out of memory, in the order that costs least:
     a smaller micro-batch (the effective batch kept), then gradient checkpointing, then a shorter
-    max sequence length (the longest cases are cut)."""
+    max sequence length (the longest cases are cut). ``loading``: it ran out before training began
+    (the weights themselves): no resume setting helps."""
+    if loading:
+        how = "start a new run that loads it in 4-bit, or " if cuda and not spec.load_in_4bit else ""
+        return Advice({}, f"the model's weights do not fit while loading: {how}use a GPU with more free memory")
     cur = {n: getattr(spec, n) for n in RESUMABLE}
     if smaller := smaller_micro_batch(spec.micro_batch, spec.grad_accum, world):
         new = {"micro_batch": smaller[0], "grad_accum": smaller[1]}
