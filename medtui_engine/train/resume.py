@@ -161,7 +161,10 @@ def oom_advice(spec: TrainSpec, world: int = 1, longest: int | None = None, cuda
 
 
 def is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+    """torch's out-of-memory error, or a CUDA error that says the same (cuBLAS, a raw CUDA call)."""
+    text = str(exc)
+    return (type(exc).__name__ == "OutOfMemoryError"
+            or any(s in text for s in ("CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED")))
 
 
 def oom_message(exc: BaseException, advice: Advice) -> str:
