@@ -147,7 +147,7 @@ def test_oom_fails_with_advice_and_resumes_with_the_new_settings(baseline, oom_r
         loss, _, epoch = got[step]
         print(f"step {step}: loss {loss:.6f} resumed at micro-batch 1 vs {baseline[step][0]:.6f} left alone")
         assert epoch == baseline[step][2]
-        assert math.isclose(loss, baseline[step][0], rel_tol=2e-4), (step, loss, baseline[step])
+        assert math.isclose(loss, baseline[step][0], rel_tol=5e-4), (step, loss, baseline[step])
 
 
 @pytest.mark.slow
