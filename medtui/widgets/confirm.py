@@ -54,7 +54,7 @@ class Confirm(ModalScreen[bool]):
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "confirm-yes")
+        self.action_answer(event.button.id == "confirm-yes")   # one way to answer (a dialog built on this one overrides it)
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)

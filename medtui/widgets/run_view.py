@@ -40,7 +40,7 @@ ACTIVE = tuple(s for s in JobStatus if s.active)
 
 # what the user does next, in this view's keys (the sentences are the engine's)
 TUI_STEPS = NextSteps(resume="r resumes", merge="m merges it", console="o opens the console with it",
-                      log="see the log below")
+                      log="see the log below", resume_with="r shows the advised settings and resumes with them")
 
 
 def status_text(snap: RunSnapshot | None, width: int = 100) -> Text:

@@ -5,6 +5,9 @@
   medtui runs tail RUN              print its progress from the start and follow it until it ends
   medtui runs stop RUN [--wait]     graceful stop: a checkpoint is saved, then the job ends
   medtui runs resume RUN            continue a stopped, failed or crashed run from its newest checkpoint
+  medtui runs resume RUN --micro-batch 2
+                                    ... with a smaller micro-batch (the accumulation follows: the effective
+                                    batch is kept), or --max-seq-length N, --gradient-checkpointing
 
 RUN is a run id, a unique prefix of one, a run directory, or `last`.
 """
@@ -42,7 +45,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("run", metavar="RUN")
     s.add_argument("--detach", action="store_true", help="start the job and return at once")
     s.add_argument("--force", action="store_true", help="start even if a medtui job is training on the same GPU")
+    add_resume_setting_arguments(s)
     add_common(s)
+
+
+def add_resume_setting_arguments(p: argparse.ArgumentParser) -> None:
+    """The settings a resume may change, as options; every other training option is accepted too
+    (hidden), so that asking to change it is refused with the reason rather than an unknown option."""
+    from ..train.resume import RESUMABLE
+    from ..train.spec import SETTINGS
+
+    g = p.add_argument_group("settings from here on (the effective batch is kept)")
+    g.add_argument("--micro-batch", dest="micro_batch", type=int, metavar="N", default=argparse.SUPPRESS,
+                   help="samples per forward pass; alone, the accumulation follows to keep the effective batch")
+    g.add_argument("--grad-accum", dest="grad_accum", type=int, metavar="M", default=argparse.SUPPRESS,
+                   help="micro-batches per optimizer step (micro-batch x this stays what it was)")
+    g.add_argument("--max-seq-length", dest="max_seq_length", type=int, metavar="L", default=argparse.SUPPRESS,
+                   help="cut cases longer than L tokens from here on")
+    g.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action=argparse.BooleanOptionalAction,
+                   default=argparse.SUPPRESS, help="recompute activations in the backward pass (less memory, slower)")
+    types = {"int": int, "float": float}
+    for name, st in SETTINGS.items():
+        if st.flag is None or name in RESUMABLE:
+            continue
+        kw: dict = {"dest": name, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+        if st.kind == "bool":
+            kw["action"] = "store_false" if st.negative else "store_true"
+        elif st.kind in types:
+            kw["type"] = types[st.kind]
+        p.add_argument(st.flag, **kw)
+
+
+def asked_settings(args) -> dict:
+    """The settings given on a `runs resume` line (name -> value), parsed as the setting reads them."""
+    from ..train.spec import SETTINGS
+
+    out = {}
+    for name, st in SETTINGS.items():
+        if hasattr(args, name):
+            value = getattr(args, name)
+            out[name] = st.parse(value) if st.kind in ("list", "number") else value
+    return out
 
 
 def _run_dir(ctx, ref: str) -> Path:
@@ -76,7 +119,7 @@ def state_summary(spec: dict, state) -> dict:
         "error": state.error, "error_type": state.error_type, "stop_reason": state.stop_reason,
         "adapter": state.adapter, "runtime_s": state.runtime_s, "final_loss": state.final_loss,
         "notices": state.notices, "first_event_t": state.first_event_t, "last_event_t": state.last_event_t,
-        "pid": state.pid,
+        "pid": state.pid, "setting_changes": state.setting_changes, "advice": state.advice,
     }
 
 
@@ -105,13 +148,18 @@ def do_show(ctx, args) -> int:
     from ..privacy.audit import describe_data_audit, read_data_record
     from ..rows import format_rows
     from ..runs.store import load_run
+    from ..train.resume import RESUMABLE, describe_resumes
 
     run_dir = _run_dir(ctx, args.run)
     spec, state = load_run(run_dir)
     summary = state_summary(spec, state)
+    now = dict(spec)   # spec.json keeps the first settings; the resumes' changes apply on top
+    for change in state.setting_changes:
+        now.update({k: v for k, v in change["settings"].items() if k in RESUMABLE})
     data_record = read_data_record(run_dir)
     if args.json:
-        print_json({"run_dir": str(run_dir), "spec": spec, "state": summary, "data_record": data_record})
+        print_json({"run_dir": str(run_dir), "spec": spec, "settings_now": {k: now.get(k) for k in RESUMABLE},
+                    "state": summary, "data_record": data_record})
         return EXIT_OK
     total = f"/{state.total_steps}" if state.total_steps else ""
     print(f"run      {run_dir.name}   ({run_dir})")
@@ -121,7 +169,10 @@ def do_show(ctx, args) -> int:
     print(format_rows(describe_data_audit(spec, data_record), width=9))
     print(f"setting  backend {state.backend or spec.get('backend')}, template {spec.get('template')}, "
           f"LoRA r={spec.get('lora_r')} alpha={spec.get('lora_alpha')}, lr {spec.get('learning_rate')}, "
-          f"batch {spec.get('micro_batch')} x {spec.get('grad_accum')}, max length {spec.get('max_seq_length')}")
+          f"batch {now.get('micro_batch')} x {now.get('grad_accum')}, max length {now.get('max_seq_length')}"
+          + ("" if now.get("gradient_checkpointing", True) else ", no gradient checkpointing"))
+    if state.setting_changes:
+        print(format_rows(describe_resumes(state.setting_changes), width=9))
     print(f"progress step {state.step}{total}, epoch {state.epoch:.2f}, elapsed {fmt_duration(state.elapsed_s)}, "
           f"ETA {fmt_duration(state.eta_s)}, {('-' if state.tokens_per_s is None else f'{state.tokens_per_s:,.0f}')} tok/s")
     print(f"loss     last {_loss(state.last_loss)}, best {_loss(state.best_loss)}"
@@ -190,17 +241,18 @@ def do_resume(ctx, args) -> int:
     from ..train.launch import resume_run
     from .train import attach
 
-    started = resume_run(ctx.runs_dir, _run_dir(ctx, args.run), force=args.force)
+    started = resume_run(ctx.runs_dir, _run_dir(ctx, args.run), asked_settings(args), force=args.force)
     run_dir = started.run_dir
     where = f"checkpoint {started.resumed_from}" if started.resumed_from else "the start (no checkpoint was saved)"
     if args.json and args.detach:
         print_json({"run_id": run_dir.name, "pid": started.pid, "from": started.resumed_from,
-                    "warnings": list(started.warnings)})
+                    "settings": started.settings or {}, "change": started.change, "warnings": list(started.warnings)})
         return EXIT_OK
     for w in started.warnings:
         print(w, file=sys.stderr)
     if not args.json:
-        print(f"run {run_dir.name} resumed from {where} (pid {started.pid})")
+        print(f"run {run_dir.name} resumed from {where} (pid {started.pid})"
+              + (f" with {started.change}" if started.change else ""))
     if args.detach:
         return EXIT_OK
     return attach(run_dir, json_mode=args.json, past_seq=started.past_seq)

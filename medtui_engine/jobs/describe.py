@@ -31,6 +31,8 @@ def _train_event(ev: dict, state: RunState | None) -> Row | None:
     if t == "job_start":
         how = f"resumed from step {ev.get('resumed_from')}" if ev.get("resumed_from") is not None else "started"
         return Row("", f"job {ev.get('pid')} {how} (backend {ev.get('backend')})")
+    if t == "resume_settings":
+        return Row("", f"settings from step {ev.get('step')} on: {ev.get('change')}")
     if t == "train_begin":
         tokens = ev.get("train_tokens")
         return Row("", f"training {ev.get('model_label') or ev.get('model')} on {ev.get('device')}: "
@@ -155,9 +157,10 @@ class NextSteps:
     merge: str       # "... merges it"
     console: str     # "... asks it" / "... opens the console with it"
     log: str         # where the job's output is
+    resume_with: str = ""   # resuming with the advised settings ({flags}: their options); "" -> resume
 
-    def fill(self, text: str, run_id: str, run_dir: Path | str | None) -> str:
-        return text.format(run_id=run_id, run_dir=run_dir or run_id)
+    def fill(self, text: str, run_id: str, run_dir: Path | str | None, flags: str = "") -> str:
+        return text.format(run_id=run_id, run_dir=run_dir or run_id, flags=flags)
 
 
 CLI_STEPS = NextSteps(
@@ -165,7 +168,19 @@ CLI_STEPS = NextSteps(
     merge="`medtui merge {run_id}` merges it",
     console="`medtui ask --model {run_id} CASE` asks it",
     log="details: {run_dir}/stdout.log",
+    resume_with="`medtui runs resume {run_id} {flags}` resumes with it",
 )
+
+
+def _advised_resume(state: RunState, steps: NextSteps, run_id: str, run_dir) -> str:
+    """After an OOM: how to resume with the advised settings, and from where."""
+    from ..train.resume import resume_flags
+
+    advice = state.advice or {}
+    ckpt = advice.get("checkpoint")
+    where = f"from the checkpoint of step {Path(ckpt).name.rsplit('-', 1)[-1]}" if ckpt else \
+        "from step 0 (no checkpoint was saved)"
+    return f"{steps.fill(steps.resume_with or steps.resume, run_id, run_dir, resume_flags(advice['settings']))} {where}"
 
 
 def describe_run_status(status: str, state: RunState, *, run_dir: Path | str | None = None,
@@ -178,6 +193,9 @@ def describe_run_status(status: str, state: RunState, *, run_dir: Path | str | N
     def hint(*parts: str) -> str:
         return "; ".join(steps.fill(p, run_id, run_dir) for p in parts if p)
 
+    if status is JobStatus.FAILED and state.advice and state.advice.get("settings"):
+        return [Row("outcome", f"failed at step {state.step}: {state.error or state.error_type}", Severity.PROBLEM,
+                    hint(steps.log) + "; " + _advised_resume(state, steps, run_id, run_dir))]
     if status is JobStatus.FAILED:
         return [Row("outcome", f"failed at step {state.step}: {state.error or state.error_type or 'unknown error'}",
                     Severity.PROBLEM, hint(steps.log, f"fix the cause, then {steps.resume}"))]

@@ -44,7 +44,10 @@ EVENT_TYPES: dict[str, dict[str, tuple]] = {
     "fit_probe": {"message": (str,)},
     "finished": {"step": (int,), "adapter": (str,), "runtime_s": _OPT_NUM, "final_loss": _OPT_NUM},
     "stopped": {"step": (int,), "checkpoint": _OPT_STR, "reason": (str,)},
+    # optional: ``advice`` ({"settings": {...}, "text": "..."}) and ``checkpoint`` after running out of memory
     "failed": {"step": _OPT_NUM, "error": (str,), "error_type": (str,), "traceback_tail": (str,)},
+    # a resume that changed settings (spec.json keeps the first ones): the new values, the old, in words
+    "resume_settings": {"step": _OPT_NUM, "settings": (dict,), "previous": (dict,), "change": (str,)},
 }
 
 # Merge jobs write the same schema with their own progress events (and the shared terminal ones).

@@ -82,6 +82,9 @@ class RunState:
     runtime_s: float | None = None
     final_loss: float | None = None
     resumed: int = 0
+    # resumes that changed settings: {"step", "settings", "previous", "change"} each, in order
+    setting_changes: list[dict] = field(default_factory=list)
+    advice: dict | None = None              # after an OOM: {"settings": {...}, "text": "..."}
     notices: list[str] = field(default_factory=list)
     best_loss: float | None = None
     last_loss: float | None = None
@@ -135,6 +138,7 @@ def _on_job_start(state: RunState, ev: dict) -> None:
     state.backend = ev.get("backend") or state.backend
     state.versions = ev.get("versions") or state.versions
     state.error = state.error_type = state.traceback_tail = state.stop_reason = None
+    state.advice = None
 
 
 def _on_train_begin(state: RunState, ev: dict) -> None:
@@ -233,7 +237,16 @@ def _on_failed(state: RunState, ev: dict) -> None:
     state.error = ev.get("error")
     state.error_type = ev.get("error_type")
     state.traceback_tail = ev.get("traceback_tail")
+    advice = ev.get("advice")
+    if isinstance(advice, dict) and isinstance(advice.get("settings"), dict):
+        state.advice = {**advice, "checkpoint": ev.get("checkpoint")}
     state.eta_s = None
+
+
+def _on_resume_settings(state: RunState, ev: dict) -> None:
+    if isinstance(ev.get("settings"), dict):
+        state.setting_changes.append({"step": ev.get("step"), "settings": ev["settings"],
+                                      "previous": ev.get("previous") or {}, "change": str(ev.get("change") or "")})
 
 
 def _on_notice(state: RunState, ev: dict) -> None:
@@ -258,6 +271,7 @@ _HANDLERS = {
     "finished": _on_finished,
     "stopped": _on_stopped,
     "failed": _on_failed,
+    "resume_settings": _on_resume_settings,
 }
 
 

@@ -7,6 +7,20 @@ adapter under ``adapter/`` (written to a temp dir and renamed when complete).
 Stop: SIGTERM (or SIGINT) or a ``STOP`` file in the run directory -> the trainer callback asks
 the trainer to save a checkpoint and stop at the end of the current step -> ``stopped``.
 Exit status: 0 finished or stopped, 1 failed.
+
+Out of GPU memory: the job ends ``failed`` with the reason and the next setting to try (a smaller
+micro-batch with the effective batch kept, gradient checkpointing, a shorter max sequence length:
+:func:`medtui_engine.train.resume.oom_advice`), in the failed event's ``error`` and, as settings,
+its ``advice``. No checkpoint is written at the failure: an OOM can strike inside the optimizer
+step, after some LoRA weights and Adam moments were updated and others not, and the step's
+gradients are half accumulated; a checkpoint of that state would look complete and be wrong. The
+newest checkpoint (periodic, each epoch, or at a stop) is what a resume continues from.
+
+``--resume --set JSON`` continues with other settings (``runs resume --micro-batch ...``): the job
+records them as a ``resume_settings`` event; spec.json keeps the run's first settings.
+
+Test switch: ``MEDTUI_FAULT=oom@K`` in the job's environment raises a CUDA-style out-of-memory
+error (torch.OutOfMemoryError) as optimizer step K begins, on the CPU too. Never active unless set.
 """
 
 from __future__ import annotations
@@ -32,7 +46,10 @@ from ..paths import home_dir
 from ..runs.events import EventWriter
 from ..runs.jobs import STOP_FILE, proc_start_time
 from ..runs.store import ADAPTER_DIR, CHECKPOINTS_DIR, EVENTS_FILE, newest_checkpoint
+from .resume import RESUME_EVENT, effective_spec, is_oom, oom_advice, oom_message, parse_set
 from .spec import TrainSpec
+
+FAULT_ENV = "MEDTUI_FAULT"
 
 ADAPTER_META = "medtui_adapter.json"
 
@@ -133,13 +150,43 @@ class Heartbeat(threading.Thread):
             self.join(timeout=10)
 
 
-def _friendly_error(exc: BaseException, spec: TrainSpec) -> str:
+def _friendly_error(exc: BaseException, spec: TrainSpec, progress: Progress | None = None) -> tuple[str, dict]:
+    """(the failure's sentence, extra fields of the failed event: an OOM's advice)."""
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    if name == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
-        return (f"out of GPU memory ({text[:200]}): lower --max-seq-length (now {spec.max_seq_length}) or "
-                f"--micro-batch (now {spec.micro_batch}), keep 4-bit loading on, then resume the run")
-    return text[:1000]
+    if is_oom(exc):
+        advice = oom_advice(spec, world=progress.world if progress else 1,
+                            longest=progress.longest if progress else None, cuda=not (progress and progress.cpu),
+                            loading=not (progress and progress.began))
+        return oom_message(exc, advice), {"advice": advice.as_dict()}
+    return text[:1000], {}
+
+
+def parse_fault(value: str | None) -> int | None:
+    """The step of ``MEDTUI_FAULT=oom@K`` (None when unset). UserError when it is not understood."""
+    if not value:
+        return None
+    kind, _, step = value.partition("@")
+    if kind != "oom" or not step.isdigit() or int(step) < 1:
+        from ..errors import UserError
+
+        raise UserError(f"{FAULT_ENV}={value} is not understood: the test switch takes oom@STEP (e.g. oom@3)")
+    return int(step)
+
+
+def _fault_callback(step: int):
+    """Raise a CUDA-style out-of-memory error as optimizer step ``step`` begins (MEDTUI_FAULT)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class FaultCallback(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step + 1 == step:
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory. Tried to allocate 2.00 GiB. (raised by {FAULT_ENV}=oom@{step}, "
+                    "medtui's test switch)")
+
+    return FaultCallback()
 
 
 class Progress:
@@ -150,6 +197,12 @@ class Progress:
         self.t0 = time.monotonic()
         self.last_loss: float | None = None
         self.last_checkpoint: str | None = None
+        # for the advice after an OOM
+        self.world = 1
+        self.longest: int | None = None     # the longest training row, in tokens (after truncation)
+        self.cpu = False
+        self.prev_examples: int | None = None   # the rows the run trained on before this resume
+        self.began = False                      # the trainer began (an OOM before it: the weights)
 
 
 def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_fields: dict,
@@ -167,6 +220,7 @@ def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_f
             self.window: deque = deque(maxlen=20)   # (monotonic time, step) of recent logs
 
         def on_train_begin(self, args, state, control, **kw):
+            progress.began = True
             progress.step = int(state.global_step)
             progress.t0 = time.monotonic()
             self.window.append((progress.t0, state.global_step))
@@ -331,6 +385,8 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     from .ddp import any_rank, gather_ranks, rank_env, split_batch
 
     rank, _, world = rank_env()
+    progress.world = world
+    fault_step = parse_fault(os.environ.get(FAULT_ENV))
     grad_accum, batch_note = split_batch(spec.micro_batch, spec.grad_accum, world)
     if batch_note:
         writer.emit("notice", message=batch_note, level="info")
@@ -353,6 +409,11 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
             f"training cases); probe the model with `medtui probe {run_dir.name}`"))
         train_cases = train_cases + canary_cases
 
+    # the LoRA weights start from the run's seed (the trainer seeds only after the model is built):
+    # the same run twice is the same numbers, and a resume can be checked against a run left alone
+    from transformers import set_seed
+
+    set_seed(spec.seed)
     loaded = load_for_training(spec, spec.model, backend)
     if heartbeat is not None and torch.cuda.is_available():
         heartbeat.gpu_indices = [_nvml_index(torch)] if world == 1 else _visible_nvml(torch)
@@ -376,8 +437,15 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
                f"tokens and were cut" + (f"; {counts['dropped']} left nothing to learn and were skipped" if counts["dropped"] else ""))
         writer.emit("notice", message=msg, level="warning")
     eval_rows, _ = tokenize_cases(eval_cases, spec.template, loaded.tokenizer, spec.max_seq_length, spec.mask_prompt)
+    progress.longest = max(len(r["input_ids"]) for r in train_rows)
+    if progress.prev_examples is not None and progress.prev_examples != len(train_rows):
+        writer.emit("notice", level="warning", message=(
+            f"with max sequence length {spec.max_seq_length}, {len(train_rows)} cases have something to learn "
+            f"(before this resume: {progress.prev_examples}): the rest of this epoch is drawn from the new set, so a "
+            "few cases of this epoch may come twice or not at all"))
 
     cuda = torch.cuda.is_available()
+    progress.cpu = not cuda
     if rank == 0 and resume_ckpt is None and world == 1:   # the fit probe: measure the longest batch, correct
         from .fitprobe import fit_probe
 
@@ -423,12 +491,13 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
         **({"ddp_find_unused_parameters": False} if world > 1 else {}),
     )
     callback = _make_callback(writer, stop, spec, begin_fields, tokens_per_step, progress)
+    callbacks = [callback] + ([_fault_callback(fault_step)] if fault_step else [])
     trainer_cls = SFTTrainer if cuda or backend == "unsloth" else _cpu_trainer_class(SFTTrainer)
     trainer = trainer_cls(
         model=loaded.model, processing_class=loaded.tokenizer, args=cfg,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
     if cuda:  # the loading peak goes into train_begin; the peak reported at the end is training's own
         begin_fields["load_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -470,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     ap.add_argument("--nproc", type=int, default=1, help="processes on this box: more than 1 runs them through torchrun")
     ap.add_argument("--worker", action="store_true", help="one rank of a torchrun run (started by the job)")
+    ap.add_argument("--set", dest="settings", metavar="JSON",
+                    help="with --resume: settings that change from here on (checked by `medtui runs resume`)")
     a = ap.parse_args(argv)
     run_dir = Path(a.run_dir).resolve()
 
@@ -481,13 +552,19 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     writer = EventWriter(run_dir / EVENTS_FILE)
     try:
-        spec = TrainSpec.read(run_dir)
+        spec = effective_spec(run_dir)   # spec.json, with the earlier resumes' changes
+        new_settings = parse_set(a.settings) if a.resume else {}
     except (OSError, ValueError, TypeError) as exc:
         writer.emit("failed", step=0, error=f"cannot read {run_dir / 'spec.json'}: {exc}",
                     error_type=type(exc).__name__, traceback_tail="")
         writer.close()
         return 1
     progress = Progress()
+    if a.resume:
+        from ..runs.events import read_events
+
+        begins = [e for e in read_events(run_dir / EVENTS_FILE) if e.get("type") == "train_begin"]
+        progress.prev_examples = begins[-1].get("num_examples") if begins else None
     resume_ckpt = newest_checkpoint(run_dir) if a.resume else None
     resumed_from = None
     if a.resume:
@@ -502,6 +579,16 @@ def main(argv: list[str] | None = None) -> int:
         ddp_fields = {"world_size": world, "nproc_per_node": a.nproc, "nnodes": spec.nnodes} if world > 1 else {}
         start = writer.emit("job_start", pid=os.getpid(), start_time=proc_start_time(os.getpid()), backend=backend,
                             resumed_from=resumed_from, versions=_versions(), backend_reason=why, **ddp_fields)
+        if new_settings:
+            from .resume import RESUMABLE, describe_change
+
+            before = {n: getattr(spec, n) for n in RESUMABLE}
+            for name, value in new_settings.items():
+                setattr(spec, name, value)
+            spec.validate(check_files=False)
+            start = writer.emit(RESUME_EVENT, step=resumed_from or 0, settings=new_settings,
+                                previous={n: before[n] for n in new_settings},
+                                change=describe_change(before, new_settings, world))
         print(f"job {os.getpid()}: backend {backend} ({why})" + (f", resuming from step {resumed_from}" if a.resume else ""), flush=True)
         if world > 1:  # the ranks write from here on (rank 0 alone); this process watches them
             from .ddp import supervise
@@ -517,16 +604,20 @@ def main(argv: list[str] | None = None) -> int:
 
         tb = traceback.format_exc()
         print(tb, flush=True)
+        extra: dict = {}
         if isinstance(exc, UserError):
             message = str(exc)
         elif isinstance(exc, KeyboardInterrupt):
             message = "interrupted"
         else:
-            message = _friendly_error(exc, spec)
+            message, extra = _friendly_error(exc, spec, progress)
+        if "advice" in extra:  # the checkpoint a resume would continue from (none is written now: see above)
+            ckpt = newest_checkpoint(run_dir)
+            extra["checkpoint"] = str(ckpt) if ckpt else None
         try:
             heartbeat.halt()
             writer.emit("failed", step=progress.step, error=message, error_type=type(exc).__name__,
-                        traceback_tail=tb[-4000:])
+                        traceback_tail=tb[-4000:], **extra)
         except Exception:
             pass
         return 1
@@ -550,7 +641,7 @@ def _rank_main(run_dir: Path, resume: bool) -> int:
     progress = Progress()
     heartbeat = None
     try:
-        spec = TrainSpec.read(run_dir)
+        spec = effective_spec(run_dir)   # the job recorded this resume's changes before starting the ranks
         resume_ckpt = newest_checkpoint(run_dir) if resume else None
         if resume_ckpt is not None:
             progress.step = int(resume_ckpt.name.rsplit("-", 1)[1])
@@ -574,7 +665,7 @@ def _rank_main(run_dir: Path, resume: bool) -> int:
         elif isinstance(exc, KeyboardInterrupt):
             message = "interrupted"
         else:
-            message = _friendly_error(exc, spec) if "spec" in locals() else str(exc)[:1000]
+            message = _friendly_error(exc, spec, progress)[0] if "spec" in locals() else str(exc)[:1000]
         if heartbeat is not None:
             heartbeat.halt()
         # the job writes the one failed event, with the first rank's error

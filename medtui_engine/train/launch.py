@@ -3,6 +3,7 @@
     started = start_run(ctx.runs_dir, spec, force=False)   # validates, picks a GPU, launches
     started.run_dir, started.pid, started.warnings
     resume_run(ctx.runs_dir, run_dir)                        # stopped / failed / crashed runs
+    resume_run(ctx.runs_dir, run_dir, {"micro_batch": 2})    # ... with other settings (train/resume.py)
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class Started:
     warnings: tuple[str, ...]
     past_seq: int = -1             # events up to this seq belong to earlier jobs of the run
     resumed_from: str | None = None  # the checkpoint directory name, for a resume
+    change: str | None = None      # a resume's change of settings, in words
+    settings: dict | None = None   # ... and as values
 
 
 def pick_gpu(runs_dir: Path, force: bool) -> tuple[dict, list[str]]:
@@ -125,12 +128,21 @@ def start_run(runs_dir: Path, spec: TrainSpec, force: bool = False, name: str | 
     return Started(run_dir, pid, tuple(warnings))
 
 
-def resume_run(runs_dir: Path, run_dir: Path, force: bool = False) -> Started:
-    """Continue a stopped, failed or crashed run from its newest checkpoint, in the same directory."""
+def resume_run(runs_dir: Path, run_dir: Path, settings: dict | None = None, force: bool = False) -> Started:
+    """Continue a stopped, failed or crashed run from its newest checkpoint, in the same directory.
+
+    ``settings``: setting name -> value to change from here on (micro_batch, grad_accum,
+    max_seq_length, gradient_checkpointing; see :func:`medtui_engine.train.resume.resume_settings`:
+    the effective batch is kept, a micro-batch alone derives the accumulation). UserError when a
+    setting cannot change on resume, with what to do instead."""
+    import json
+
     from ..jobs.status import JobStatus
     from ..runs.events import last_seq
     from ..runs.jobs import launch_job
     from ..runs.store import EVENTS_FILE, load_run, newest_checkpoint
+    from .ddp import plan_for
+    from .resume import describe_change, effective_spec, resume_flags, resume_settings
 
     run_dir = Path(run_dir)
     spec, state = load_run(run_dir)
@@ -141,11 +153,22 @@ def resume_run(runs_dir: Path, run_dir: Path, force: bool = False) -> Started:
     if state.status == JobStatus.FINISHED:
         raise UserError(f"run {run_dir.name} already finished (adapter: {state.adapter}); start a new run to train more")
     try:
-        spec_obj = TrainSpec.from_dict(spec)
-    except TypeError as exc:
+        spec_obj = effective_spec(run_dir)   # spec.json and the earlier resumes' changes
+    except (TypeError, ValueError, OSError) as exc:
         raise UserError(f"run {run_dir.name}: spec.json cannot be read back ({exc})") from None
-    gpu_env, warnings, job_args = pick_gpus(runs_dir, spec_obj, force)
+    changed, change = resume_settings(spec_obj, dict(settings or {}), plan_for(spec_obj).world)
+    warnings: list[str] = []
+    advice = (state.advice or {}).get("settings") if state.status == JobStatus.FAILED else None
+    if advice and not changed:
+        cur = {n: getattr(spec_obj, n) for n in advice}
+        warnings.append(f"this run ran out of GPU memory with these settings; the advice was "
+                        f"{describe_change(cur, advice)} (`medtui runs resume {run_dir.name} {resume_flags(advice)}`)")
+    for name, value in changed.items():
+        setattr(spec_obj, name, value)
+    gpu_env, gpu_warnings, job_args = pick_gpus(runs_dir, spec_obj, force)
     ckpt = newest_checkpoint(run_dir)
     before = last_seq(run_dir / EVENTS_FILE)
-    pid = launch_job(JOB_MODULE, run_dir, ["--resume", *job_args], env={**os.environ, **gpu_env})
-    return Started(run_dir, pid, tuple(warnings), past_seq=before, resumed_from=ckpt.name if ckpt else None)
+    extra = ["--set", json.dumps(changed)] if changed else []
+    pid = launch_job(JOB_MODULE, run_dir, ["--resume", *extra, *job_args], env={**os.environ, **gpu_env})
+    return Started(run_dir, pid, tuple(warnings + gpu_warnings), past_seq=before,
+                   resumed_from=ckpt.name if ckpt else None, change=change, settings=changed or None)
