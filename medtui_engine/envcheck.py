@@ -370,10 +370,13 @@ def collect(workspace: Path, settings: dict | None = None, min_free_gib: float =
     gpu_present = bool(nvml.available and nvml.gpus)
 
     say("probing libraries (in subprocesses)")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        core = pool.submit(run_probe, CORE_PACKAGES + ("bitsandbytes", "xformers", "triton"), probe_timeout)
-        uns = pool.submit(run_probe, ("unsloth", "unsloth_zoo"), probe_timeout)
-        probes = {**core.result(), **uns.result()}
+    pool = ThreadPoolExecutor(max_workers=3)
+    core = pool.submit(run_probe, CORE_PACKAGES + ("bitsandbytes", "xformers", "triton"), probe_timeout)
+    uns = pool.submit(run_probe, ("unsloth", "unsloth_zoo"), probe_timeout)
+    # the model's stop tokens are read in their own process meanwhile; their lines come last
+    model = pool.submit(model_lines) if model_lines is not None else None
+    pool.shutdown(wait=False)
+    probes = {**core.result(), **uns.result()}
     torch_info = probes.pop("__torch__", {})
     report.torch = torch_info
     report.packages = probes
@@ -425,9 +428,9 @@ def collect(workspace: Path, settings: dict | None = None, min_free_gib: float =
         say("estimating memory for the training setting")
         report.fit, fit_line = fit(nvml)
         lines.append(fit_line)
-    if model_lines is not None:
+    if model is not None:
         say("checking the model's stop tokens")
-        lines.extend(model_lines())
+        lines.extend(model.result())
     say("done")
     return report
 

@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# One compute thread per test process and per job it starts (unless OMP_NUM_THREADS says otherwise): the
+# suite runs one xdist worker per core, and on its tiny models torch's threads mostly wait for each other
+# when two processes share a core (the merge dialog's 1024-token probe: 233 s with the default, 105 s with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 SHARED_DATA = ROOT.parent / "shared" / "data" / "huatuo_o1_demo_en.json"
 
 

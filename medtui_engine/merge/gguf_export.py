@@ -30,6 +30,7 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -391,9 +392,23 @@ def _plan_tensors(model_dir: Path, arch, n_layers: int, tied: bool) -> list[_Ten
     return out
 
 
+def _layout(model_dir: Path):
+    """(config, model type, GGUF architecture, tensors to write, embedding rows) of a model directory."""
+    import gguf
+
+    cfg = _read_config(model_dir)
+    mt = check_exportable(model_dir, cfg)
+    arch = {"qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3, "llama": gguf.MODEL_ARCH.LLAMA}[mt]
+    tied = bool(cfg.get("tie_word_embeddings", mt != "llama"))
+    tensors = _plan_tensors(model_dir, arch, int(cfg["num_hidden_layers"]), tied)
+    vocab_rows = next(t.shape[0] for t in tensors if t.hf_name.endswith("embed_tokens.weight"))
+    return cfg, mt, arch, tensors, vocab_rows
+
+
 def write_gguf(model_dir: Path, path: Path, gtype: str, *, template: str, name: str, tokenizer=None,
-               progress=None) -> dict:
-    """Write one GGUF file (temp name, then rename). Returns what was written."""
+               progress=None, tmeta: TokenizerMeta | None = None) -> dict:
+    """Write one GGUF file (temp name, then rename). Returns what was written. ``tmeta``: the
+    tokenizer's metadata when the caller has it already (:func:`export` reads it once for every type)."""
     import gguf
     import numpy as np
     import torch
@@ -402,18 +417,14 @@ def write_gguf(model_dir: Path, path: Path, gtype: str, *, template: str, name: 
     from safetensors import safe_open
 
     model_dir, path = Path(model_dir), Path(path)
-    cfg = _read_config(model_dir)
-    mt = check_exportable(model_dir, cfg)
-    arch = {"qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3, "llama": gguf.MODEL_ARCH.LLAMA}[mt]
+    cfg, mt, arch, tensors, vocab_rows = _layout(model_dir)
     n_layers = int(cfg["num_hidden_layers"])
     n_head = int(cfg["num_attention_heads"])
     n_kv = int(cfg.get("num_key_value_heads") or n_head)
     hidden = int(cfg["hidden_size"])
     head_dim = int(cfg.get("head_dim") or hidden // n_head)
-    tied = bool(cfg.get("tie_word_embeddings", mt != "llama"))
-    tensors = _plan_tensors(model_dir, arch, n_layers, tied)
-    vocab_rows = next(t.shape[0] for t in tensors if t.hf_name.endswith("embed_tokens.weight"))
-    tmeta = tokenizer_metadata(model_dir, template, vocab_rows, tokenizer)
+    if tmeta is None or len(tmeta.tokens) != vocab_rows:
+        tmeta = tokenizer_metadata(model_dir, template, vocab_rows, tokenizer)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
@@ -517,10 +528,13 @@ def export(model_dir: Path, types: list[str], *, template: str, name: str, out_d
     except (OSError, ValueError):
         pass
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+    # the same tokenizer goes into every file: read it (150k tokens and merges for Qwen) once
+    tmeta = tokenizer_metadata(model_dir, template, _layout(model_dir)[4], tokenizer)
     files = []
     for gtype in types:
         gname = f"{stem}-{gtype}.gguf"
-        rec = write_gguf(model_dir, out_dir / gname, gtype, template=template, name=name, tokenizer=tokenizer)
+        rec = write_gguf(model_dir, out_dir / gname, gtype, template=template, name=name, tokenizer=tokenizer,
+                         tmeta=tmeta)
         mf = f"Modelfile.{gtype}"
         text = modelfile_text(gname, template, tokenizer, rec["stop_texts"], generation)
         (out_dir / f".{mf}.partial").write_text(text, encoding="utf-8")
@@ -626,9 +640,41 @@ def metadata_mismatches(path: Path, config) -> list[str]:
     return out
 
 
+@contextmanager
+def _one_read_per_file():
+    """Within the verification process, the gguf library reads each file's header once.
+
+    transformers' GGUF loader builds a fresh ``gguf.GGUFReader`` three times per file (the weights, then
+    the tokenizer's class, then its vocabulary), and with Qwen's 150k tokens and merges a read takes
+    tens of seconds on a small CPU. The reader is read-only (a memory map), so the loader's three
+    passes share one; what they load from it is unchanged."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict = {}
+
+    def shared_reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+        readers.clear()
+
+
 def verify_files(model_dir: Path, template: str, ggufs: list[Path]) -> dict:
     """Load the merged model and each GGUF (transformers' GGUF loader), compare last-layer logits on
     rendered prompts in float32. {file name: record}."""
+    with _one_read_per_file():
+        return _verify_files(Path(model_dir), template, ggufs)
+
+
+def _verify_files(model_dir: Path, template: str, ggufs: list[Path]) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
