@@ -225,6 +225,11 @@ def test_medtui_train_shows_the_recipe_keeps_it_in_spec_json_and_says_why_the_pr
 
     assert describe_event(probe[0]).value == "fit probe skipped: " + probe[0]["reason"]
     assert "no CUDA GPU" in probe[0]["reason"]
+    shown = subprocess.run([sys.executable, "-m", "medtui_engine.cli", "runs", "show", run.name, "--workspace",
+                            str(workspace)], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert f"recipe   {recipe.summary()}" in shown.stdout   # runs show: the recipe, and the fit probe's row
+    assert "fit probe skipped" in shown.stdout
 
 
 async def test_the_train_form_shows_the_recipe_with_the_estimate(workspace, demo_model):

@@ -144,7 +144,7 @@ def do_list(ctx, args) -> int:
 
 def do_show(ctx, args) -> int:
     from ..fmt import fmt_duration
-    from ..jobs.describe import describe_run_status
+    from ..jobs.describe import describe_fit, describe_run_status
     from ..privacy.audit import describe_data_audit, read_data_record
     from ..rows import format_rows
     from ..runs.store import load_run
@@ -171,8 +171,12 @@ def do_show(ctx, args) -> int:
           f"LoRA r={spec.get('lora_r')} alpha={spec.get('lora_alpha')}, lr {spec.get('learning_rate')}, "
           f"batch {now.get('micro_batch')} x {now.get('grad_accum')}, max length {now.get('max_seq_length')}"
           + ("" if now.get("gradient_checkpointing", True) else ", no gradient checkpointing"))
+    if (spec.get("resolved_recipe") or {}).get("summary"):
+        print(f"recipe   {spec['resolved_recipe']['summary']}")
     if state.setting_changes:
         print(format_rows(describe_resumes(state.setting_changes), width=9))
+    if fit := describe_fit(state):
+        print(format_rows([fit], width=9))
     print(f"progress step {state.step}{total}, epoch {state.epoch:.2f}, elapsed {fmt_duration(state.elapsed_s)}, "
           f"ETA {fmt_duration(state.eta_s)}, {('-' if state.tokens_per_s is None else f'{state.tokens_per_s:,.0f}')} tok/s")
     print(f"loss     last {_loss(state.last_loss)}, best {_loss(state.best_loss)}"
