@@ -76,9 +76,13 @@ def real_model(medtui_home: Path, tmp_path_factory: pytest.TempPathFactory, work
 # planted canaries come back): a real `medtui train` job on the first rows of the demo data with two canaries
 # planted. The chat template (SmolLM2's own), no reasoning (each answer follows an empty think block, so its
 # first section is within a short generation), loss on the answer only, sequences cut at 384 tokens (the
-# prompt, about 320, and the answer's first section), one pass of batch 1 at a high constant lr.
+# prompt, about 320, and the answer's first section), one pass of batch 1 at a high constant lr. The canary
+# cases must not outnumber the data rows by much: with 8 rows and 2 x 12 canary cases the tuned model opened
+# every held-out answer with a canary case's reasoning (a leak worth knowing) and no section.
 REAL_TRAIN_ROWS = 8
-REAL_CANARIES = ("K7Q4-X9M2-Z5P8", "B3V6-R8J2-W4N7")  # random-looking; one token a character in SmolLM2
+# Random-looking, one token a character in SmolLM2; chosen to get two different fake cases (the case a canary
+# gets depends on its sha256): two canaries behind the very same case text interfere in a run this short.
+REAL_CANARIES = ("K7Q4-X9M2-Z5P8", "P9G3-N5X7-V2K8")
 REAL_CANARY_REPEATS = 8
 REAL_TRAIN_ARGS = ["--data", str(ROOT / "data" / "demo_train.jsonl"), "--limit-rows", str(REAL_TRAIN_ROWS),
                    "--canary-repeats", str(REAL_CANARY_REPEATS), "--backend", "hf", "--template", "chat",
