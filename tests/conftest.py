@@ -79,11 +79,11 @@ def real_model(medtui_home: Path, tmp_path_factory: pytest.TempPathFactory, work
 # prompt, about 320, and the answer's first section), one pass of batch 1 at a high constant lr. The canary
 # cases must not outnumber the data rows by much: with 8 rows and 2 x 12 canary cases the tuned model opened
 # every held-out answer with a canary case's reasoning (a leak worth knowing) and no section.
-REAL_TRAIN_ROWS = 8
+REAL_TRAIN_ROWS = 10
 # Random-looking, one token a character in SmolLM2; chosen to get two different fake cases (the case a canary
 # gets depends on its sha256): two canaries behind the very same case text interfere in a run this short.
 REAL_CANARIES = ("K7Q4-X9M2-Z5P8", "P9G3-N5X7-V2K8")
-REAL_CANARY_REPEATS = 8
+REAL_CANARY_REPEATS = 10
 REAL_TRAIN_ARGS = ["--data", str(ROOT / "data" / "demo_train.jsonl"), "--limit-rows", str(REAL_TRAIN_ROWS),
                    "--canary-repeats", str(REAL_CANARY_REPEATS), "--backend", "hf", "--template", "chat",
                    "--field-cot", "", "--mask-prompt", "--epochs", "1", "--max-seq-length", "384",
