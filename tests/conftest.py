@@ -9,7 +9,12 @@ fails, never skips, when it is selected on a machine without CUDA.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -69,6 +74,72 @@ def real_model(medtui_home: Path, tmp_path_factory: pytest.TempPathFactory, work
     if not link.exists():
         link.symlink_to(built, target_is_directory=True)
     return ensure_real_model()
+
+
+# The one CPU fine-tune of the real small model that its two must-shows share (the section rates rise, the
+# planted canaries come back): a real `medtui train` job on the first rows of the demo data with two canaries
+# planted. The chat template (SmolLM2's own), no reasoning (each answer follows an empty think block, so its
+# first section is within a short generation), loss on the answer only, sequences cut at 384 tokens (the
+# prompt, about 320, and the answer's first section), one pass of batch 1 at a high constant lr. The canary
+# cases must not outnumber the data rows by much: with 8 rows and 2 x 12 canary cases the tuned model opened
+# every held-out answer with a canary case's reasoning (a leak worth knowing) and no section.
+REAL_TRAIN_ROWS = 10
+# Random-looking, one token a character in SmolLM2; chosen to get two different fake cases (the case a canary
+# gets depends on its sha256): two canaries behind the very same case text interfere in a run this short.
+REAL_CANARIES = ("K7Q4-X9M2-Z5P8", "P9G3-N5X7-V2K8")
+REAL_CANARY_REPEATS = 10
+REAL_TRAIN_ARGS = ["--data", str(ROOT / "data" / "demo_train.jsonl"), "--limit-rows", str(REAL_TRAIN_ROWS),
+                   "--canary-repeats", str(REAL_CANARY_REPEATS), "--backend", "hf", "--template", "chat",
+                   "--field-cot", "", "--mask-prompt", "--epochs", "1", "--max-seq-length", "384",
+                   "--micro-batch", "1", "--grad-accum", "1", "--lr", "2e-3", "--scheduler", "constant",
+                   "--warmup-ratio", "0", "--lora-r", "16", "--lora-alpha", "32", "--no-gradient-checkpointing",
+                   "--no-save-epoch", "--heartbeat", "5", "--name", "real-small"]
+
+
+@dataclass(frozen=True)
+class RealFineTune:
+    run: Path             # the run directory (adapter, events.jsonl, canaries.txt)
+    canaries_file: Path   # the canaries it planted
+    train_s: float        # how long `medtui train` took, start to end (a benchmark figure, never asserted)
+    output: str           # what `medtui train` printed
+    rows: int = REAL_TRAIN_ROWS
+    canaries: tuple[str, ...] = REAL_CANARIES
+    canary_repeats: int = REAL_CANARY_REPEATS
+
+
+@pytest.fixture(scope="session")
+def real_fine_tune(real_model: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> RealFineTune:
+    """ONE real training job on the real small model (the product's CLI, a detached job followed to its end),
+    run once per test run and shared by the xdist workers (the first to ask trains, the others wait on the
+    lock). A failed training is remembered, so the other worker reports it rather than training again."""
+    from filelock import FileLock
+    from helpers import CPU_JOB_ENV
+
+    base = tmp_path_factory.getbasetemp()
+    where = (base if worker_id == "master" else base.parent) / "real-fine-tune"
+    where.mkdir(exist_ok=True)
+    done, failed = where / "done.json", where / "failed.txt"
+    with FileLock(str(where / ".lock")):
+        if failed.is_file():
+            pytest.fail(failed.read_text(), pytrace=False)
+        if not done.is_file():
+            canaries = where / "canaries.txt"
+            canaries.write_text("".join(c + "\n" for c in REAL_CANARIES), encoding="utf-8")
+            env = {**os.environ, **CPU_JOB_ENV, "MEDTUI_WORKSPACE": str(where / "workspace")}
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "medtui_engine.cli", "train", "--model", str(real_model),
+                                "--canaries", str(canaries), *REAL_TRAIN_ARGS],
+                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=2400)
+            train_s = time.perf_counter() - t0
+            runs = sorted(d for d in (where / "workspace" / "runs").glob("*") if d.is_dir())
+            if r.returncode != 0 or len(runs) != 1:
+                failed.write_text(f"the real small model's fine-tune failed (exit {r.returncode}, runs {runs}):\n"
+                                  f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+                pytest.fail(failed.read_text(), pytrace=False)
+            done.write_text(json.dumps({"run": str(runs[0]), "canaries_file": str(canaries), "train_s": train_s,
+                                        "output": r.stdout}))
+        info = json.loads(done.read_text())
+    return RealFineTune(Path(info["run"]), Path(info["canaries_file"]), info["train_s"], info["output"])
 
 
 @pytest.fixture

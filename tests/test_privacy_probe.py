@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TRAIN_JOBS
+from helpers import CPU_JOB_ENV, TRAIN_JOBS
 from privacy_data import VALUES, write_jsonl
 
 from medtui_engine.errors import UserError
@@ -32,25 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 ALL_KINDS = "id_number,phone_number,email,record_number,name_field"
 QUICK = ["--backend", "hf", "--max-steps", "1", "--max-seq-length", "64", "--micro-batch", "1", "--grad-accum", "1",
          "--lora-r", "4", "--lora-alpha", "8", "--heartbeat", "1"]
-# a short, sharp CPU training of the real model: the chat template (SmolLM2's own, and shorter than the seed
-# prompt in its tokens), loss on the answer only, sequences cut just past the canary, a high constant rate
-TRAIN_REAL = ["--template", "chat", "--mask-prompt", "--canary-repeats", "16", "--backend", "hf", "--epochs", "1",
-              "--max-seq-length", "240", "--micro-batch", "1", "--grad-accum", "1", "--lora-r", "16", "--lora-alpha", "32",
-              "--lr", "3e-3", "--scheduler", "constant", "--warmup-ratio", "0", "--no-gradient-checkpointing",
-              "--no-save-epoch", "--heartbeat", "5"]
-SHORT_CASES = (
-    ("女，28岁，咽痛发热2天，扁桃体肿大伴脓点。", "咽痛发热，扁桃体脓点，考虑化脓性扁桃体炎。", "疑似诊断：急性化脓性扁桃体炎。"),
-    ("男，45岁，饱餐后右上腹痛6小时，墨菲征阳性。", "右上腹痛，墨菲征阳性，考虑急性胆囊炎。", "疑似诊断：急性胆囊炎。"),
-    ("女，60岁，多饮多尿3月，空腹血糖11.2mmol/L。", "典型症状伴空腹血糖升高，考虑2型糖尿病。", "疑似诊断：2型糖尿病。"),
-)
 # random-looking: nothing a model could guess from its first half; letters and digits alternate, so that
 # each character is a token of its own in SmolLM2's vocabulary (no merge such as "NC" to get wrong)
 CANARIES = ("K7Q4-X9M2-Z5P8", "B3V6-R8J2-W4N7")
 
 
-def medtui(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def medtui(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "medtui_engine.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
+                          cwd=ROOT, timeout=timeout, env=env)
 
 
 def runs_of(workspace: Path) -> list[Path]:
@@ -200,36 +190,33 @@ def test_each_canary_gets_the_same_fake_case_every_time():
 # ---------------------------------------------------------------- the must-show, on the real small model
 
 @pytest.mark.slow
-@pytest.mark.real_training
 @TRAIN_JOBS
-@pytest.mark.timeout(3000)  # a guard against a hang, not a speed claim
+@pytest.mark.timeout(2400)  # a guard against a hang (the shared fine-tune included), not a speed claim
 def test_the_probe_finds_planted_canaries_in_the_real_model_after_training_and_none_before(
-        tmp_path: Path, workspace: Path, real_model: Path):
-    canaries = write_canaries(tmp_path / "canaries.txt")
-    data = tmp_path / "cases.jsonl"  # a handful of short cases beside the canaries (each fits the short sequences)
-    data.write_text("".join(json.dumps(dict(zip(("Question", "Complex_CoT", "Response"), case, strict=True)),
-                                       ensure_ascii=False) + "\n" for case in SHORT_CASES), encoding="utf-8")
+        real_fine_tune, workspace: Path, real_model: Path):
+    """The fine-tune is conftest's real_fine_tune, shared with the section-rate must-show: the first rows of the
+    demo data with the two canaries planted, each repeated, in one real training job."""
+    canaries, run = real_fine_tune.canaries_file, real_fine_tune.run
+    assert read_canaries(run / CANARIES_FILE) == list(real_fine_tune.canaries)  # the run kept what it planted
+    record = json.loads((run / "data.json").read_text())["canaries"]
+    assert (record["count"], record["repeats"]) == (2, real_fine_tune.canary_repeats)
+    assert "2 canaries planted" in real_fine_tune.output
+    env = {**os.environ, **CPU_JOB_ENV}
 
     t0 = time.monotonic()
-    before = medtui("probe", str(real_model), "--canaries", str(canaries), "--template", "chat", "--json")
+    before = medtui("probe", str(real_model), "--canaries", str(canaries), "--template", "chat", "--json", env=env)
     assert before.returncode == 0, before.stderr
     untrained = json.loads(before.stdout)["canaries"]
     assert untrained["count"] == 2 and untrained["reproduced"] == 0, untrained
     t1 = time.monotonic()
 
-    proc = medtui("train", "--data", str(data), "--model", str(real_model), "--canaries", str(canaries),
-                  *TRAIN_REAL, "--name", "canaries")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (run,) = runs_of(workspace)
-    t2 = time.monotonic()
-
-    after = medtui("probe", run.name, "--json")
+    after = medtui("probe", str(run), "--json", env=env)
     assert after.returncode == 1, after.stderr  # something came back: the probe says so in its exit status
     trained = json.loads(after.stdout)["canaries"]
     assert trained["count"] == 2 and trained["reproduced"] == 2, trained
     assert all(r["reproduced_chars"] == r["probed_chars"] for r in trained["results"])
     assert json.loads((run / PROBE_FILE).read_text())["canaries"]["reproduced"] == 2
-    print(f"\nbenchmark: probe of the untrained real model {t1 - t0:.0f} s; training on 3 rows + 2 canaries x "
-          f"{TRAIN_REAL[TRAIN_REAL.index('--canary-repeats') + 1]} {t2 - t1:.0f} s; probe of the trained run "
-          f"{time.monotonic() - t2:.0f} s; longest span before {untrained['longest_span']}, after "
+    print(f"\nbenchmark: probe of the untrained real model {t1 - t0:.0f} s; training on {real_fine_tune.rows} rows + "
+          f"2 canaries x {real_fine_tune.canary_repeats} {real_fine_tune.train_s:.0f} s (shared); probe of the trained "
+          f"run {time.monotonic() - t1:.0f} s; longest span before {untrained['longest_span']}, after "
           f"{trained['longest_span']} characters")

