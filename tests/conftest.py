@@ -89,8 +89,8 @@ REAL_TRAIN_ROWS = 10
 REAL_CANARIES = ("K7Q4-X9M2-Z5P8", "P9G3-N5X7-V2K8")
 REAL_CANARY_REPEATS = 10
 REAL_TRAIN_ARGS = ["--data", str(ROOT / "data" / "demo_train.jsonl"), "--limit-rows", str(REAL_TRAIN_ROWS),
-                   "--canary-repeats", str(REAL_CANARY_REPEATS), "--backend", "hf", "--template", "chat",
-                   "--field-cot", "", "--mask-prompt", "--epochs", "1", "--max-seq-length", "384",
+                   "--backend", "hf", "--template", "chat",
+                   "--field-cot", "", "--mask-prompt", "--max-seq-length", "384",
                    "--micro-batch", "1", "--grad-accum", "1", "--lr", "2e-3", "--scheduler", "constant",
                    "--warmup-ratio", "0", "--lora-r", "16", "--lora-alpha", "32", "--no-gradient-checkpointing",
                    "--no-save-epoch", "--heartbeat", "5", "--name", "real-small"]
@@ -107,28 +107,28 @@ class RealFineTune:
     canary_repeats: int = REAL_CANARY_REPEATS
 
 
-@pytest.fixture(scope="session")
-def real_fine_tune(real_model: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> RealFineTune:
-    """ONE real training job on the real small model (the product's CLI, a detached job followed to its end),
-    run once per test run and shared by the xdist workers (the first to ask trains, the others wait on the
-    lock). A failed training is remembered, so the other worker reports it rather than training again."""
+def _real_fine_tune(real_model: Path, where: Path, canaries: bool, epochs: int) -> RealFineTune:
+    """ONE real training job on the real small model (the product's CLI, followed to its end), run once per
+    test run: the first worker to ask trains, any other waits on the lock. A failed training is remembered,
+    so a second asker reports it rather than training again."""
     from filelock import FileLock
     from helpers import CPU_JOB_ENV
 
-    base = tmp_path_factory.getbasetemp()
-    where = (base if worker_id == "master" else base.parent) / "real-fine-tune"
     where.mkdir(exist_ok=True)
     done, failed = where / "done.json", where / "failed.txt"
     with FileLock(str(where / ".lock")):
         if failed.is_file():
             pytest.fail(failed.read_text(), pytrace=False)
         if not done.is_file():
-            canaries = where / "canaries.txt"
-            canaries.write_text("".join(c + "\n" for c in REAL_CANARIES), encoding="utf-8")
+            planted = []
+            if canaries:
+                planted_file = where / "canaries.txt"
+                planted_file.write_text("".join(c + "\n" for c in REAL_CANARIES), encoding="utf-8")
+                planted = ["--canaries", str(planted_file), "--canary-repeats", str(REAL_CANARY_REPEATS)]
             env = {**os.environ, **CPU_JOB_ENV, "MEDTUI_WORKSPACE": str(where / "workspace")}
             t0 = time.perf_counter()
             r = subprocess.run([sys.executable, "-m", "medtui_engine.cli", "train", "--model", str(real_model),
-                                "--canaries", str(canaries), *REAL_TRAIN_ARGS],
+                                *planted, "--epochs", str(epochs), *REAL_TRAIN_ARGS],
                                capture_output=True, text=True, cwd=ROOT, env=env, timeout=2400)
             train_s = time.perf_counter() - t0
             runs = sorted(d for d in (where / "workspace" / "runs").glob("*") if d.is_dir())
@@ -136,10 +136,30 @@ def real_fine_tune(real_model: Path, tmp_path_factory: pytest.TempPathFactory, w
                 failed.write_text(f"the real small model's fine-tune failed (exit {r.returncode}, runs {runs}):\n"
                                   f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
                 pytest.fail(failed.read_text(), pytrace=False)
-            done.write_text(json.dumps({"run": str(runs[0]), "canaries_file": str(canaries), "train_s": train_s,
-                                        "output": r.stdout}))
+            done.write_text(json.dumps({"run": str(runs[0]), "canaries_file": str(where / "canaries.txt"),
+                                        "train_s": train_s, "output": r.stdout}))
         info = json.loads(done.read_text())
-    return RealFineTune(Path(info["run"]), Path(info["canaries_file"]), info["train_s"], info["output"])
+    return RealFineTune(Path(info["run"]), Path(info["canaries_file"]), info["train_s"], info["output"],
+                        canaries=REAL_CANARIES if canaries else (), canary_repeats=REAL_CANARY_REPEATS if canaries else 0)
+
+
+def _shared(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    return (base if worker_id == "master" else base.parent) / name
+
+
+@pytest.fixture(scope="session")
+def real_fine_tune(real_model: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> RealFineTune:
+    """The memorization probe's fine-tune: the data rows with the two canaries planted."""
+    return _real_fine_tune(real_model, _shared(tmp_path_factory, worker_id, "real-fine-tune"), True, 1)
+
+
+@pytest.fixture(scope="session")
+def real_fine_tune_plain(real_model: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> RealFineTune:
+    """The section-rate must-show's fine-tune: the same rows and settings, no canaries, two passes. Apart from
+    the probe's run because planted canaries leak into held-out answers (a CI run of the shared fine-tune
+    opened every held-out answer with a canary, and no section); the two run side by side on two workers."""
+    return _real_fine_tune(real_model, _shared(tmp_path_factory, worker_id, "real-fine-tune-plain"), False, 2)
 
 
 @pytest.fixture

@@ -191,10 +191,10 @@ def test_each_canary_gets_the_same_fake_case_every_time():
 
 @pytest.mark.slow
 @TRAIN_JOBS
-@pytest.mark.timeout(2400)  # a guard against a hang (the shared fine-tune included), not a speed claim
+@pytest.mark.timeout(2400)  # a guard against a hang (the fine-tune included), not a speed claim
 def test_the_probe_finds_planted_canaries_in_the_real_model_after_training_and_none_before(
         real_fine_tune, workspace: Path, real_model: Path):
-    """The fine-tune is conftest's real_fine_tune, shared with the section-rate must-show: the first rows of the
+    """The fine-tune is conftest's real_fine_tune (the section-rate must-show trains apart, without canaries): the first rows of the
     demo data with the two canaries planted, each repeated, in one real training job."""
     canaries, run = real_fine_tune.canaries_file, real_fine_tune.run
     assert read_canaries(run / CANARIES_FILE) == list(real_fine_tune.canaries)  # the run kept what it planted
@@ -217,6 +217,6 @@ def test_the_probe_finds_planted_canaries_in_the_real_model_after_training_and_n
     assert all(r["reproduced_chars"] == r["probed_chars"] for r in trained["results"])
     assert json.loads((run / PROBE_FILE).read_text())["canaries"]["reproduced"] == 2
     print(f"\nbenchmark: probe of the untrained real model {t1 - t0:.0f} s; training on {real_fine_tune.rows} rows + "
-          f"2 canaries x {real_fine_tune.canary_repeats} {real_fine_tune.train_s:.0f} s (shared); probe of the trained "
+          f"2 canaries x {real_fine_tune.canary_repeats} {real_fine_tune.train_s:.0f} s; probe of the trained "
           f"run {time.monotonic() - t1:.0f} s; longest span before {untrained['longest_span']}, after "
           f"{trained['longest_span']} characters")

