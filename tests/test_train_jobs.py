@@ -185,7 +185,9 @@ def test_stop_saves_a_checkpoint_and_resume_continues_the_step(demo_model, works
     # attached, then Ctrl-C: the command detaches and says how to re-attach; the job keeps training
     attached = subprocess.Popen([sys.executable, "-m", "medtui_engine.cli", "train", "--data", str(DATA),
                                  "--backend", "hf", "--max-steps", "400", *QUICK],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                # started with SIGINT ignored (as a parent may leave it): Ctrl-C still detaches
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     run = wait_for(lambda: (workspace / "runs").is_dir() and any((workspace / "runs").iterdir()) and the_run(workspace),
                    "the run directory")
     wait_for(lambda: any(e["type"] == "log" and e["step"] >= 2 for e in events_of(run)), "two steps")

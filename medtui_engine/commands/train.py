@@ -112,6 +112,7 @@ def check_gpu_free(runs_dir: Path, force: bool) -> tuple[dict, list[str]]:
 def attach(run_dir: Path, json_mode: bool = False, past_seq: int = -1) -> int:
     """Follow the job until it ends; Ctrl-C detaches (the job keeps running)."""
     import json
+    import signal
 
     from ..jobs.describe import describe_event, describe_run_status, event_line
     from ..jobs.follow import JobFollower
@@ -120,6 +121,9 @@ def attach(run_dir: Path, json_mode: bool = False, past_seq: int = -1) -> int:
 
     run_id = run_dir.name
     follower = JobFollower(run_dir, "train", past_seq=past_seq)
+    # Ctrl-C must detach even when this process was started with SIGINT ignored (inherited from a parent
+    # that ignores it: a script's background job, or a library's worker setup in the calling process)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for ev in follower.follow():
             if json_mode:
@@ -130,6 +134,8 @@ def attach(run_dir: Path, json_mode: bool = False, past_seq: int = -1) -> int:
         print(f"\ndetached: the job keeps running. Re-attach with `medtui runs tail {run_id}`; "
               f"stop it with `medtui runs stop {run_id}`.", file=sys.stderr)
         return EXIT_OK
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if follower.status is JobStatus.FINISHED:
         return EXIT_OK
     for row in describe_run_status(follower.status, follower.state, run_dir=run_dir, notice=False):
