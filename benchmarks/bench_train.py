@@ -173,7 +173,10 @@ def run_bare(spec: str, model: Path, rows: Path, a, out: Path) -> dict:
     cmd = [sys.executable, str(script), "--model", str(model), "--rows", str(rows), "--bs", str(bs), "--ga", str(ga),
            "--bits", bits, "--pf", "true" if batching == "pf" else "false", "--ckpt", "true" if ckpt == "ckpt" else "false",
            "--steps", str(a.steps), "--warm", str(a.warm), "--max-len", str(a.max_len), "--r", str(a.r)]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # no medtui on its path
+    env = dict(os.environ)   # no medtui on its path: drop the repository from PYTHONPATH, keep the rest
+    repo = Path(__file__).resolve().parents[1]
+    keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != repo]
+    env["PYTHONPATH"] = os.pathsep.join(keep)
     log("bare: " + " ".join(cmd[2:]))
     t = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp", timeout=a.arm_timeout, env=env)

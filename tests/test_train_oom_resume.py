@@ -280,7 +280,9 @@ async def test_tui_resume_with_these_settings(oom_run, workspace):
 @pytest.mark.gpu
 def test_gpu_a_real_cuda_oom_fails_with_advice(qwen05_model, tmp_path):
     """A real CUDA out-of-memory (64 cases of 4,096 tokens in one micro-batch of a 0.5B model: its logits
-    alone want ~160 GiB) ends `failed` with the advice, not `crashed`."""
+    alone want ~160 GiB) ends `failed` with the advice, not `crashed`. The fit probe meets it before the
+    first step (the user fixed micro-batch and checkpointing, so it may correct nothing) and the run fails
+    as an out-of-memory at step 0 does."""
     data = tmp_path / "long.jsonl"
     text = " ".join(["The patient reports chest pain radiating to the left arm."] * 400)
     data.write_text("".join(json.dumps({"Question": f"case {i}: {text}", "Complex_CoT": text, "Response": text}) + "\n"
@@ -294,6 +296,8 @@ def test_gpu_a_real_cuda_oom_fails_with_advice(qwen05_model, tmp_path):
     assert r.returncode == 1, (r.stdout[-3000:], r.stderr[-3000:])
     _, state = load_run(run)
     assert state.status == "failed" and state.step == 0 and state.error_type == "OutOfMemoryError"
+    probes = [e for e in read_events(run / "events.jsonl") if e["type"] == "fit_probe"]
+    assert len(probes) == 1 and probes[0]["oom"] and probes[0]["corrections"] == []
     assert state.error.startswith("out of GPU memory (CUDA out of memory. Tried to allocate")
     assert state.advice["settings"] == {"micro_batch": 32, "grad_accum": 2}
     assert "next try micro-batch 64 -> 32 with accumulation 1 -> 2 keeps 64 samples per step" in state.error

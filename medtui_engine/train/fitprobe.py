@@ -86,8 +86,9 @@ def measure(model, tokenizer, rows: list[dict], spec, optimizer_bytes: int) -> d
             torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
         out["tokens_per_s"] = round(tokens / seconds, 1) if seconds else None
-    except torch.OutOfMemoryError:
+    except torch.OutOfMemoryError as exc:
         out["oom"] = True
+        out["oom_error"] = (str(exc).strip().splitlines() or ["CUDA out of memory"])[0][:300]
     finally:
         loss = None
         model.zero_grad(set_to_none=True)
@@ -128,7 +129,6 @@ def fit_probe(run_dir: Path, spec, loaded, rows: list[dict], backend: str, write
     """Probe, correct and record; returns the (possibly reloaded) :class:`backends.Loaded`."""
     import torch
 
-    from ..errors import UserError
     from ..fit import probe_sentence
     from .recipe import SAVE_MINUTES, Recipe, total_steps
 
@@ -178,6 +178,7 @@ def fit_probe(run_dir: Path, spec, loaded, rows: list[dict], backend: str, write
     record_spec(run_dir, spec)   # the measured (and corrected) recipe is what a resume trains
     writer.emit("fit_probe", message=probe_sentence(ev), **ev)
     if result["oom"]:
-        raise UserError(probe_sentence(ev) + ": even the leanest setting left to the recipe does not fit; lower "
-                        f"--max-seq-length (now {spec.max_seq_length}) or --micro-batch (now {spec.micro_batch})")
+        # the run fails as an out-of-memory at step 0 fails: the job adds the next setting to try and the
+        # `runs resume` line (no step was taken, so a resume starts from the beginning with it)
+        raise torch.OutOfMemoryError(result["oom_error"])
     return loaded

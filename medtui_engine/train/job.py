@@ -202,7 +202,7 @@ class Progress:
         self.longest: int | None = None     # the longest training row, in tokens (after truncation)
         self.cpu = False
         self.prev_examples: int | None = None   # the rows the run trained on before this resume
-        self.began = False                      # the trainer began (an OOM before it: the weights)
+        self.began = False                      # the weights are loaded (an OOM before: the weights)
 
 
 def _make_callback(writer: EventWriter, stop: StopFlag, spec: TrainSpec, begin_fields: dict,
@@ -449,6 +449,7 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
     if rank == 0 and resume_ckpt is None and world == 1:   # the fit probe: measure the longest batch, correct
         from .fitprobe import fit_probe
 
+        progress.began = True   # the weights are in: an out-of-memory from here on is the training's, not loading's
         loaded = fit_probe(run_dir, spec, loaded, train_rows, backend, writer,
                            reload=lambda: load_for_training(spec, spec.model, backend))
         grad_accum = spec.grad_accum
