@@ -72,6 +72,13 @@ def test_explicit_settings_win_over_auto():
     # --micro-batch 1 is the default's value, yet given: kept
     r = choose_recipe(spec(micro_batch=1, explicit=["micro_batch"]), QWEN25_7B, 139 * GIB, 1, LENGTHS, "unsloth")
     assert (r.micro_batch, r.grad_accum, r.batching) == (1, 8, "padded")
+    # a micro-batch given alone: the accumulation follows it (the effective batch stays, or comes nearest)
+    for micro, gpus, accum, said in ((2, 1, 4, "stays 8"), (4, 2, 2, "stays 8"), (3, 1, 3, "batch of 9 samples, the nearest"),
+                                     (16, 1, 1, "batch of 16 samples, the nearest")):
+        r = choose_recipe(spec(micro_batch=micro, gpus=str(gpus), explicit=["micro_batch"]), QWEN25_7B, 139 * GIB,
+                          gpus, LENGTHS, "unsloth")
+        assert (r.micro_batch, r.grad_accum) == (micro, accum) and r.grad_accum % gpus == 0, (micro, gpus, r)
+        assert f"Micro-batch {micro} as asked" in " ".join(r.reasons) and said in " ".join(r.reasons)
     # --4bit on a card where 16-bit fits; --no-4bit where it would not (the estimate says so)
     assert choose_recipe(spec(load_in_4bit=True, explicit=["load_in_4bit"]), QWEN25_7B, 139 * GIB, 1, LENGTHS,
                          "unsloth").load_in_4bit
@@ -235,7 +242,7 @@ def test_medtui_train_shows_the_recipe_keeps_it_in_spec_json_and_says_why_the_pr
 async def test_the_train_form_shows_the_recipe_with_the_estimate(workspace, demo_model):
     from medtui.app import MedtuiApp
     from medtui.screens.train import TrainScreen
-    from medtui_engine.train.recipe import preview_recipe
+    from medtui_engine.train.recipe import RECIPE_SETTINGS, preview_recipe
 
     app = MedtuiApp(workspace=str(workspace), start_mode="train")
     async with app.run_test(size=(100, 40)) as pilot:
@@ -248,7 +255,29 @@ async def test_the_train_form_shows_the_recipe_with_the_estimate(workspace, demo
         text = str(fit.render())
         expected, _ = preview_recipe(screen.current_spec())
         assert expected.summary() in text and all(r in text for r in expected.reasons)
-        assert "Micro-batch 2 x accumulation 8 as asked" in text and "GiB" in text
+        assert "Micro-batch 2 as asked, accumulation 4: the effective batch stays 8" in text and "GiB" in text
+
+        # the form's entries show what the recipe chose where the user left them to it, marked as the recipe's;
+        # the one the user set stays theirs
+        def shown(name: str):
+            value = screen.query_one(f"#f-{name}").value
+            return value if isinstance(value, bool) else screen.form.settings[name].parse(value)
+
+        def recipes(name: str) -> bool:
+            return screen.query_one(f"#row-{name}").has_class("-recipe")
+
+        on_form = [n for n in RECIPE_SETTINGS if n in screen.form.settings]   # checkpointing is not a form entry
+        assert len(on_form) == 4
+        assert {n: shown(n) for n in on_form} == {n: v for n, v in expected.settings().items() if n in on_form}
+        assert shown("micro_batch") == 2 and shown("grad_accum") == 4
+        assert not recipes("micro_batch") and all(recipes(n) for n in on_form if n != "micro_batch")
+        assert screen.current_spec().explicit == ["micro_batch"]
+        # the recipe changed: the entries left to it follow (seed: the seed's settings, but micro-batch 2 kept)
+        screen.query_one("#f-recipe").value = "seed"
+        await wait_until(pilot, lambda: "seed recipe" in str(fit.render()), "the seed recipe", 60)
+        seed, _ = preview_recipe(screen.current_spec())
+        assert {n: shown(n) for n in on_form} == {n: v for n, v in seed.settings().items() if n in on_form}
+        assert shown("micro_batch") == 2 and shown("load_in_4bit") is True
 
 
 @pytest.mark.gpu

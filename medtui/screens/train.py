@@ -58,6 +58,7 @@ class TrainScreen(Screen):
         """The memory estimate for the form's setting, ready to show."""
 
         text: Text
+        recipe: dict   # the settings the recipe chose (the form shows those the user left to it)
 
     @dataclass
     class Launched(Message):
@@ -159,11 +160,13 @@ class TrainScreen(Screen):
             text.append(f"\n  {line.fix}", style="dim")
         text.append("\nRecipe: ", style="bold")
         text.append(recipe.text())
-        self.post_message(self.FitDone(text))
+        text.append("\n  Settings in italics are the recipe's choice; change one to keep your own.", style="dim")
+        self.post_message(self.FitDone(text, recipe.settings()))
 
     @on(FitDone)
     def _fit_done(self, message: FitDone) -> None:
         self.query_one("#train-fit", Static).update(message.text)
+        self.form.show_recipe(message.recipe)
 
     # ---- start
     def action_start(self) -> None:

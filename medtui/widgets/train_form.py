@@ -109,6 +109,21 @@ class TrainForm(VerticalScroll):
         self._check(name)
         self._publish()
 
+    def show_recipe(self, values: dict[str, Any]) -> None:
+        """Show the recipe's choice in the entries the user left to it (they stay the recipe's: a change
+        of the data, the model or the recipe may choose again); the rows say ``auto``."""
+        mine = set(self.edited) | set(self.base.explicit)
+        with self.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
+            for name, value in values.items():
+                if name in self.settings and name not in mine:
+                    self._show(name, value)
+        for name in values:
+            if name in self.settings:
+                self.query_one(f"#row-{name}").set_class(name not in mine, "-recipe")
+                if name not in mine:
+                    self._check(name)
+        self._publish()
+
     def spec(self) -> TrainSpec:
         """The base spec with every entry that parses; what the user changed is ``explicit``."""
         spec = TrainSpec(**{**self.base.__dict__, **self.values})
@@ -177,6 +192,7 @@ class TrainForm(VerticalScroll):
         if not self.ready or not wid.startswith("f-") or name not in self.settings:
             return
         self.edited.add(name)
+        self.query_one(f"#row-{name}").remove_class("-recipe")
         self._check(name)
         self._publish()
         self.post_message(self.Edited(name))

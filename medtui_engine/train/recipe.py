@@ -29,6 +29,8 @@ MAX_MICRO = 16
 SAVE_SHARE = 10                # a periodic checkpoint every tenth of the run ...
 SAVE_MINUTES = 15              # ... or every 15 minutes of work, whichever is sooner (once the probe measured)
 SAVE_MIN_STEPS = 20            # shorter runs keep the epoch checkpoints only
+# the settings a recipe chooses (those the user gave are kept: ``TrainSpec.explicit``)
+RECIPE_SETTINGS = ("micro_batch", "grad_accum", "load_in_4bit", "gradient_checkpointing", "save_steps")
 
 # Padding-free batches flatten a micro-batch into one row with positions restarting at each sample.
 # Correct only where attention never crosses samples:
@@ -89,13 +91,14 @@ class Recipe:
         d["reasons"] = tuple(d.get("reasons") or ())
         return cls(**d)
 
+    def settings(self) -> dict:
+        """The settings this recipe sets (what the Train form shows for those the user left to it)."""
+        return {name: getattr(self, name) for name in RECIPE_SETTINGS}
+
     def apply(self, spec) -> None:
         """Set the spec's settings to this recipe and record it (``resolved_recipe``)."""
-        spec.micro_batch = self.micro_batch
-        spec.grad_accum = self.grad_accum
-        spec.load_in_4bit = self.load_in_4bit
-        spec.gradient_checkpointing = self.gradient_checkpointing
-        spec.save_steps = self.save_steps
+        for name, value in self.settings().items():
+            setattr(spec, name, value)
         spec.resolved_recipe = self.as_dict()
 
 
@@ -162,6 +165,10 @@ def choose_recipe(spec, shape=None, free_mib: float | None = None, gpus: int = 1
     # ---- how many samples per optimizer step, and per process
     batch_given = bool({"micro_batch", "grad_accum"} & explicit)
     effective = spec.micro_batch * spec.grad_accum if batch_given else DEFAULT_EFFECTIVE
+    # a micro-batch given alone: the accumulation follows, for the effective batch nearest the usual one
+    micro_alone = explicit & {"micro_batch", "grad_accum"} == {"micro_batch"}
+    if micro_alone:
+        effective = spec.micro_batch * world * max(1, round(DEFAULT_EFFECTIVE / (spec.micro_batch * world)))
     per_process = effective // world if effective % world == 0 else None
     if batch_given:
         micro_opts = [spec.micro_batch]
@@ -207,7 +214,7 @@ def choose_recipe(spec, shape=None, free_mib: float | None = None, gpus: int = 1
             verdict = "too big"
     bits, micro, ckpt = chosen
     batching = batching_for(micro)
-    grad_accum = spec.grad_accum if micro_opts == [spec.micro_batch] else effective // micro
+    grad_accum = effective // micro if micro_alone or micro_opts != [spec.micro_batch] else spec.grad_accum
     four_bit = bits == 4
 
     # ---- one sentence per decision
@@ -228,7 +235,14 @@ def choose_recipe(spec, shape=None, free_mib: float | None = None, gpus: int = 1
         reasons.append(f"16-bit LoRA: the weights, LoRA optimizer state and activations of the longest batch need "
                        f"{need}, within {MARGIN:.0%} of the {free_gib:.1f} GiB free (16-bit trains about "
                        f"{1 / SPEED_BITS[4]:.1f}x faster than 4-bit).")
-    if batch_given:
+    if micro_alone:
+        reasons.append(f"Micro-batch {micro} as asked, accumulation {grad_accum // world}"
+                       + (f" per process, {world} processes" if world > 1 else "")
+                       + (f": the effective batch stays {effective} samples per optimizer step."
+                          if effective == DEFAULT_EFFECTIVE else
+                          f": an effective batch of {effective} samples, the nearest to {DEFAULT_EFFECTIVE} "
+                          f"that micro-batch {micro} allows."))
+    elif batch_given:
         reasons.append(f"Micro-batch {micro} x accumulation {grad_accum} as asked (effective batch "
                        f"{micro * grad_accum}).")
     elif per_process is not None:
