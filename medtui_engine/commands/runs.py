@@ -148,17 +148,15 @@ def do_show(ctx, args) -> int:
     from ..privacy.audit import describe_data_audit, read_data_record
     from ..rows import format_rows
     from ..runs.store import load_run
-    from ..train.resume import RESUMABLE, describe_resumes
+    from ..train.resume import describe_resumes, settings_in_force
 
     run_dir = _run_dir(ctx, args.run)
     spec, state = load_run(run_dir)
     summary = state_summary(spec, state)
-    now = dict(spec)   # spec.json keeps the first settings; the resumes' changes apply on top
-    for change in state.setting_changes:
-        now.update({k: v for k, v in change["settings"].items() if k in RESUMABLE})
+    now = settings_in_force(spec, state.setting_changes)   # spec.json keeps the first settings
     data_record = read_data_record(run_dir)
     if args.json:
-        print_json({"run_dir": str(run_dir), "spec": spec, "settings_now": {k: now.get(k) for k in RESUMABLE},
+        print_json({"run_dir": str(run_dir), "spec": spec, "settings_now": now,
                     "state": summary, "data_record": data_record})
         return EXIT_OK
     total = f"/{state.total_steps}" if state.total_steps else ""
@@ -170,7 +168,7 @@ def do_show(ctx, args) -> int:
     print(f"setting  backend {state.backend or spec.get('backend')}, template {spec.get('template')}, "
           f"LoRA r={spec.get('lora_r')} alpha={spec.get('lora_alpha')}, lr {spec.get('learning_rate')}, "
           f"batch {now.get('micro_batch')} x {now.get('grad_accum')}, max length {now.get('max_seq_length')}"
-          + ("" if now.get("gradient_checkpointing", True) else ", no gradient checkpointing"))
+          + ("" if now.get("gradient_checkpointing") is not False else ", no gradient checkpointing"))
     if (spec.get("resolved_recipe") or {}).get("summary"):
         print(f"recipe   {spec['resolved_recipe']['summary']}")
     if state.setting_changes:

@@ -34,12 +34,18 @@ def resume_records(events: list[dict]) -> list[dict]:
     return [e for e in events if e.get("type") == RESUME_EVENT and isinstance(e.get("settings"), dict)]
 
 
+def settings_in_force(first: dict, records: list[dict]) -> dict:
+    """The resumable settings now: the first ones (``spec.json``) with each record applied, in order."""
+    now = {name: first.get(name) for name in RESUMABLE}
+    for rec in records:
+        now.update({name: value for name, value in rec["settings"].items() if name in RESUMABLE})
+    return now
+
+
 def apply_records(spec: TrainSpec, records: list[dict]) -> TrainSpec:
     """``spec`` with each record's settings applied, in order (unknown names ignored)."""
-    for rec in records:
-        for name, value in rec["settings"].items():
-            if name in RESUMABLE:
-                setattr(spec, name, value)
+    for name, value in settings_in_force(vars(spec), records).items():
+        setattr(spec, name, value)
     return spec
 
 
