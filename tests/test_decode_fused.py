@@ -63,6 +63,11 @@ def test_fused_answers_as_eager_compiled_once_for_every_position_and_answer(cpu_
     assert dec.max_len == 2048  # the fused path's cache grows rarely: a new length compiles again
     c = dec.check  # the compiled, "captured" step held against the uncompiled eager step
     assert c.ok and c.steps == c.agreed == 8 and c.captured_vs_eager < 1e-3, c.summary()
+    # a new decoder (a new cache of the same length: another session's model switch) reuses the compile
+    again = _fused(cpu_demo, counter)
+    r = answer(cpu_demo, OTHER, GREEDY, decode="fused", ignore_eos=True)
+    assert r.output == eager_answers[OTHER] and r.stats.decode_path == "fused" and again.captures == 1
+    assert counter.frame_count == 1
 
 
 def test_a_compile_failure_captures_the_uncompiled_step_and_says_so(cpu_demo, eager_answers) -> None:

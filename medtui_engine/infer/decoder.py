@@ -13,6 +13,7 @@ fused in far fewer kernels; the check then holds the compiled, captured step aga
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -178,6 +179,17 @@ def _decode_step(model, cache, ids):
     return model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
+_COMPILED: dict = {}  # backend -> the compiled step
+
+
+def _loud_recompile_limit():
+    import torch._dynamo
+
+    if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+        return torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
+    return contextlib.nullcontext()
+
+
 def _first_line(exc: BaseException) -> str:
     """An exception in one line; a wrapper's bare heading ("backend='inductor' raised:") gets its cause's."""
     text = str(exc).splitlines()[0][:200] if str(exc) else ""
@@ -302,8 +314,13 @@ class StaticDecoder:
     def _compiled_step(self):
         import torch
 
-        if self.compiled is None:
-            self.compiled = torch.compile(_decode_step, backend=self.compile_backend, **STEP_COMPILE)
+        if self.compiled is None:  # one compiled step per backend in the process: a new decoder (a new cache of
+            # the same length) reuses what was compiled, as the positions do
+            fn = _COMPILED.get(self.compile_backend)
+            if fn is None:
+                fn = _COMPILED[self.compile_backend] = torch.compile(_decode_step, backend=self.compile_backend,
+                                                                     **STEP_COMPILE)
+            self.compiled = fn
         return self.compiled
 
     def _capture_step(self, ids, at, compiled: bool):
@@ -315,8 +332,11 @@ class StaticDecoder:
         def step():
             return fn(self.model, self.cache, self.static_ids)
 
-        # the step for `ids` at position p, twice (the compiled step is compiled here, by its first call)
-        real, again = self.graphs.warm(step, lambda: self._restore(at))
+        # the step for `ids` at position p, twice (the compiled step is compiled here, by its first call; past
+        # dynamo's recompile limit -- many cache lengths or models in one process -- it would quietly run
+        # uncompiled: made to raise instead, so that the stats say so)
+        with _loud_recompile_limit() if compiled else contextlib.nullcontext():
+            real, again = self.graphs.warm(step, lambda: self._restore(at))
         if compiled:  # what the warm-up compiled serves the capture: never a compile under torch.cuda.graph
             with torch.compiler.set_stance("fail_on_recompile"):
                 graph, static_logits = self.graphs.capture(step)
