@@ -1,6 +1,7 @@
 """GPU tier: inference on Qwen2.5-shape models with random weights (``pytest -m gpu``).
 
-- 256 greedy tokens of each fast path (our CUDA-graph loop, transformers' static cache + torch.compile)
+- 256 greedy tokens of each fast path (our CUDA-graph loop, the same with its step compiled ("fused"),
+  transformers' static cache + torch.compile)
   on the Qwen2.5-7B shape against transformers' eager ``generate``: equal, or the first divergence is at
   a position whose top-2 logits lie within bf16 noise (reported);
 - the fast decode path (our loop with each step replayed as a CUDA graph) against eager decoding, 64
@@ -23,7 +24,7 @@ import pytest
 from medtui_engine.infer import LoadOptions, SamplingSettings, answer, load_model, resolve_source
 from medtui_engine.infer.decoder import NOISE_FACTOR, ULP_FLOOR, StaticDecoder
 from medtui_engine.infer.loader import LoadedModel
-from medtui_engine.infer.stream import _tokens_via_compiled, _tokens_via_loop, build_prompt
+from medtui_engine.infer.stream import FIRST_COMPILE, _tokens_via_compiled, _tokens_via_loop, build_prompt
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,18 +217,20 @@ def _first_divergence_within_noise(loaded, input_ids, fast: list[int], reference
     return report
 
 
-@pytest.mark.parametrize("path", ["graph", "compiled"])
+@pytest.mark.parametrize("path", ["graph", "fused", "compiled"])
 def test_256_greedy_tokens_of_the_fast_path_match_eager_generate_on_the_7b_shape(qwen7b, path: str) -> None:
     loaded, input_ids, reference = qwen7b
     greedy = SamplingSettings(temperature=0, max_new_tokens=LONG).checked()
     notes: list[str] = []
-    if path == "graph":
+    if path in ("graph", "fused"):
+        fused = path == "fused"
         fast = list(_tokens_via_loop(loaded, input_ids, greedy, LONG, threading.Event(), True, use_graph=True,
-                                     notes=notes))
+                                     notes=notes, compile_step=fused))
         dec = loaded.decoder
         check = dec.check
-        print(f"\n7B capture check: {check.summary() if check else dec.graph_failed}")
-        assert dec.graph is not None and not notes, (dec.graph_failed, notes)
+        print(f"\n7B capture check ({path}): {check.summary() if check else dec.graph_failed}")
+        assert dec.compile_step == fused and dec.compile_failed is None, dec.compile_failed  # fused: it compiled, and held
+        assert dec.graph is not None and notes == ([FIRST_COMPILE] if fused else []), (dec.graph_failed, notes)
     else:
         fast = list(_tokens_via_compiled(loaded, input_ids, greedy, LONG, threading.Event(), True, notes))
         assert not any(n.startswith("torch.compile off") for n in notes), notes  # it compiled, and held

@@ -5,11 +5,15 @@ A captured step is trusted only after a check that tells bf16 noise from wrong o
 the captured step against the eager step, measured against how much two correct eager computations of
 the same step differ (the cached step against the model's full forward over the same tokens: other
 kernels, other rounding), and VERIFY_STEPS greedy steps of the graph against the full forward.
+With ``compile_step`` (decode "fused") the single-token step is first compiled by ``torch.compile``
+(inductor, no CUDA graphs of its own: this loop captures the graph), so the step's elementwise work runs
+fused in far fewer kernels; the check then holds the compiled, captured step against the truly eager one.
 ``CompiledDecoder`` holds the other fast path, transformers' own static cache with ``torch.compile``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -23,6 +27,14 @@ VERIFY_STEPS = 32  # greedy steps of a newly captured graph checked against the 
 # of that size (the H200's "differs from eager by 0.117").
 NOISE_FACTOR = 4.0  # the captured step may differ from eager by this many times eager's own noise...
 ULP_FLOOR = 2.0  # ...and is never held closer than this many units in the last place of the largest logit
+# The "fused" step's torch.compile: inductor's default mode. Not "max-autotune-no-cudagraphs": a decode step's
+# matmuls have one row (bound by weight bytes, where cuBLAS is already at bandwidth), so autotuning them costs
+# minutes of compiling for little; the gain sought is fusing the elementwise work (RMSNorm and its casts,
+# rotary, SiLU x mul, residual adds) into few kernels, which the default mode does. Not fullgraph: the loop
+# captures the whole step as one CUDA graph anyway, so a graph break costs only the fusion across it, never
+# Python at replay (the tests assert that the Qwen2 step compiles as one graph). dynamic=False: one shape,
+# positions stay on-device tensors (the static cache's), so one compile serves every position and answer.
+STEP_COMPILE = {"mode": "default", "fullgraph": False, "dynamic": False}
 
 
 class GraphRefused(RuntimeError):
@@ -162,20 +174,57 @@ class EagerReplay:
         pass
 
 
+def _decode_step(model, cache, ids):
+    """The single-token step (what ``torch.compile`` compiles for the fused path): logits after ``ids``."""
+    return model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+
+_COMPILED: dict = {}  # backend -> the compiled step
+
+
+def _loud_recompile_limit():
+    import torch._dynamo
+
+    if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+        return torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
+    return contextlib.nullcontext()
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception in one line; a wrapper's bare heading ("backend='inductor' raised:") gets its cause's."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    cause = exc.__cause__ or getattr(exc, "inner_exception", None)
+    if cause is not None and cause is not exc and (not text or text.endswith(":")):
+        text = f"{text} {_first_line(cause)}".strip()
+    return f"{type(exc).__name__}: {text}"
+
+
 class StaticDecoder:
     """A static KV cache kept between answers, and (on a GPU) one decode step captured as a CUDA graph.
 
     The cache is sized up to a multiple of CACHE_ROUND and reused while answers fit, so the graph is
     captured once per model rather than once per answer. Without graphs (``use_graph`` False) it is a
     fresh dynamic cache per answer. ``check`` keeps what the last capture check measured.
+
+    ``compile_step`` (with graphs only): the captured step is the ``torch.compile``d one (``compile_backend``:
+    inductor on a GPU; tests on the CPU pass a lighter one). It is compiled in the warm-up before capture,
+    never under it; should compiling fail or the compiled step fail its check, ``compile_failed`` says why
+    and the uncompiled step is captured instead (the answer goes on either way). Its cache grows in steps of
+    COMPILED_CACHE_ROUND: a new cache length compiles again.
     """
 
-    def __init__(self, model, device: str, use_graph: bool, graphs=None, verify_steps: int = VERIFY_STEPS):
+    def __init__(self, model, device: str, use_graph: bool, graphs=None, verify_steps: int = VERIFY_STEPS,
+                 compile_step: bool = False, compile_backend="inductor"):
         self.model = model
         self.device = device
         self.graphs = graphs or (CudaGraphs() if device == "cuda" else None)
         self.use_graph = use_graph and self.graphs is not None
         self.verify_steps = verify_steps
+        self.compile_step = compile_step and self.use_graph
+        self.compile_backend = compile_backend
+        self.compile_failed: str | None = None
+        self.compiled = None  # the compiled step, once the warm-up compiled it
+        self.round = COMPILED_CACHE_ROUND if self.compile_step else CACHE_ROUND
         self.cache = None
         self.max_len = 0
         self.graph = None
@@ -198,7 +247,7 @@ class StaticDecoder:
         self.graph = None
         self.static_logits = None
         self.cache = None
-        self.max_len = -(-needed // CACHE_ROUND) * CACHE_ROUND
+        self.max_len = -(-needed // self.round) * self.round
         self.cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
 
     def close(self) -> None:
@@ -206,7 +255,12 @@ class StaticDecoder:
         self._fed = []
 
     def _forward(self, ids):
-        return self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return _decode_step(self.model, self.cache, ids)
+
+    @property
+    def will_compile(self) -> bool:
+        """The next capture compiles the step first (the first answer on this decoder, or a new cache length)."""
+        return self.compile_step and self.compile_failed is None and self.graph is None and self.graph_failed is None
 
     def prefill(self, input_ids):
         if self.use_graph and self.graph is None and self.graph_failed is None:
@@ -232,8 +286,7 @@ class StaticDecoder:
                     self.check = exc.check
                     self.graph_failed = exc.check.summary()
                 else:
-                    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-                    self.graph_failed = f"{type(exc).__name__}: {text}"
+                    self.graph_failed = _first_line(exc)
                 self.graphs.synchronize()
                 self._restore(at)
                 self._fed = []
@@ -247,16 +300,50 @@ class StaticDecoder:
         return self._forward(ids)
 
     def _capture(self, ids, at):
+        if self.compile_step and self.compile_failed is None:
+            try:
+                return self._capture_step(ids, at, compiled=True)
+            except Exception as exc:  # compiling is an optimisation: capture the uncompiled step instead
+                self.compile_failed = (f"the compiled step failed its check: {exc.check.summary()}" if isinstance(exc, GraphRefused)
+                                       else _first_line(exc))
+                self.compiled = None
+                self.graphs.synchronize()
+                self._restore(at)
+        return self._capture_step(ids, at, compiled=False)
+
+    def _compiled_step(self):
+        import torch
+
+        if self.compiled is None:  # one compiled step per backend in the process: a new decoder (a new cache of
+            # the same length) reuses what was compiled, as the positions do
+            fn = _COMPILED.get(self.compile_backend)
+            if fn is None:
+                fn = _COMPILED[self.compile_backend] = torch.compile(_decode_step, backend=self.compile_backend,
+                                                                     **STEP_COMPILE)
+            self.compiled = fn
+        return self.compiled
+
+    def _capture_step(self, ids, at, compiled: bool):
+        import torch
+
         self.static_ids = ids.clone()
+        fn = self._compiled_step() if compiled else _decode_step
 
         def step():
-            return self._forward(self.static_ids)
+            return fn(self.model, self.cache, self.static_ids)
 
-        # the true step for `ids` at position p, twice (eager against eager: the first noise floor)
-        real, again = self.graphs.warm(step, lambda: self._restore(at))
-        graph, static_logits = self.graphs.capture(step)
+        # the step for `ids` at position p, twice (the compiled step is compiled here, by its first call; past
+        # dynamo's recompile limit -- many cache lengths or models in one process -- it would quietly run
+        # uncompiled: made to raise instead, so that the stats say so)
+        with _loud_recompile_limit() if compiled else contextlib.nullcontext():
+            real, again = self.graphs.warm(step, lambda: self._restore(at))
+        if compiled:  # what the warm-up compiled serves the capture: never a compile under torch.cuda.graph
+            with torch.compiler.set_stance("fail_on_recompile"):
+                graph, static_logits = self.graphs.capture(step)
+        else:
+            graph, static_logits = self.graphs.capture(step)
         self._restore(at)
-        check = self._verify(graph, static_logits, ids, real, again, at)
+        check = self._verify(graph, static_logits, ids, real, again, at, compiled)
         self.check = check
         if not check.ok:
             raise GraphRefused(check)
@@ -265,9 +352,10 @@ class StaticDecoder:
         self._fed = []
         return real
 
-    def _verify(self, graph, static_logits, ids, real, again, at) -> GraphCheck:
+    def _verify(self, graph, static_logits, ids, real, again, at, compiled: bool = False) -> GraphCheck:
         """Replay the graph for up to ``verify_steps`` greedy steps from position p, compute the eager step
         at p and p+1 and the model's full forward (no cache) over the same tokens, and :func:`judge`.
+        (A compiled step is held against the uncompiled one: the eager step at p is computed afresh.)
         Leaves the cache as after the step at p (slots past p are written again before they are read)."""
         import torch
 
@@ -275,6 +363,11 @@ class StaticDecoder:
         prefix = torch.cat(self._fed, dim=1) if self._fed else None
         if prefix is None or prefix.shape[1] != p:
             raise RuntimeError(f"the capture check lost track of the tokens before position {p}")
+        repeat = float((real.float() - again.float()).abs().max())  # the same step twice
+        if compiled:
+            self._restore(at)
+            real = self._forward(ids).clone()
+            self._restore(at)
         k = max(1, min(self.verify_steps, self.max_len - p))
         rows, feeds = [], [ids.reshape(1, 1)]
         for j in range(k):
@@ -291,7 +384,6 @@ class StaticDecoder:
         seq = torch.cat([prefix, *feeds], dim=1)
         full = self.model(input_ids=seq, use_cache=False, logits_to_keep=k).logits[0]
         eps = torch.finfo(real.dtype).eps if real.dtype.is_floating_point else 0.0
-        repeat = float((real.float() - again.float()).abs().max())
         return judge(torch.cat(rows), torch.cat(eager), full, repeat, eps, position=p)
 
 

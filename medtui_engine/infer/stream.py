@@ -9,6 +9,11 @@ Four decode paths, picked per loaded model:
   captured step against eager, measured against eager's own bf16 noise, and 32 greedy steps against
   the model's full forward); on a refusal the loop goes on eagerly over the same static cache and the
   stats say why (``decode_path`` "graph-failed" and a note with the measured figures).
+* ``fused`` (transformers on a GPU): the ``graph`` loop, its step first compiled by ``torch.compile``
+  (inductor, no CUDA graphs of its own) so its elementwise work runs in far fewer kernels, then captured
+  and checked as ``graph`` is (the compiled, captured step held against the uncompiled one). Should
+  compiling fail, or the compiled step fail its check, the uncompiled step is captured instead
+  (``decode_path`` "graph", a note says why).
 * ``compiled`` (transformers on a GPU): transformers' maintained path, ``generate`` over its static
   cache with the decode step compiled by ``torch.compile`` (reduce-overhead), in one long-lived thread
   (``decoder.CompiledDecoder``). On the CPU the same static-cache ``generate`` runs uncompiled.
@@ -39,15 +44,17 @@ from .decoder import CompiledDecoder, StaticDecoder
 from .loader import LoadedModel
 from .sampling import SamplingSettings, make_generator, resolve_repetition_penalty, sample_next
 
-DECODE_MODES = ("auto", "graph", "compiled", "eager", "generate")
-# What ``auto`` decodes with on a GPU: our CUDA-graph loop ("graph") or transformers' static cache with
-# torch.compile ("compiled"). Decided by ``medtui bench infer`` on the GPU (its hf-bf16 graph and compiled
-# rows, same call): the project's own loop stays only where it is clearly faster and its check holds.
+DECODE_MODES = ("auto", "graph", "fused", "compiled", "eager", "generate")
+# What ``auto`` decodes with on a GPU: our CUDA-graph loop ("graph"), the same with its step compiled
+# ("fused"), or transformers' static cache with torch.compile ("compiled"). Decided by ``medtui bench infer``
+# on the GPU (its hf-bf16 rows, same call): the project's own loop stays only where it is clearly faster
+# and its check holds.
 AUTO_GPU_DECODE = "graph"
 # transformers' static-cache decode step compiled as its documentation recommends (and as the bench's bare
 # reference compiles it): CUDA graphs (reduce-overhead), the whole step one graph
 COMPILE_CONFIG = {"fullgraph": True, "mode": "reduce-overhead"}
 COMPILE_OFF = "torch.compile off"
+FIRST_COMPILE = "the first answer compiles the decode step (torch.compile); later answers reuse it"
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,8 @@ class GenerationStats:
     decode_tokens_per_s: float | None  # tokens after the first, over the time after the first
     finish_reason: str             # "eos" | "length" | "cancelled"
     think_tokens: int | None       # tokens up to and including </think>; None if the block never closed
-    decode_path: str               # "graph" | "graph-failed" (eager on the static cache) | "compiled" | "compiled-failed"
+    decode_path: str               # "graph" | "graph-failed" (eager on the static cache) | "fused" (the graph of the
+                                   # compiled step; "graph" when compiling failed) | "compiled" | "compiled-failed"
                                    # (transformers' generate, uncompiled) | "eager" | "generate"
     notes: tuple[str, ...] = ()
 
@@ -172,9 +180,10 @@ def pick_decode(loaded: LoadedModel, decode: str) -> str:
         return "generate"  # Unsloth's fast path lives behind its patched generate
     if decode == "auto":
         return AUTO_GPU_DECODE if loaded.device == "cuda" else "eager"
-    if decode == "graph" and loaded.device != "cuda":
-        stand_in = isinstance(loaded.decoder, StaticDecoder) and loaded.decoder.use_graph
-        return "graph" if stand_in else "eager"
+    if decode in ("graph", "fused") and loaded.device != "cuda":  # the CPU: only with a stand-in for CUDA graphs
+        dec = loaded.decoder
+        stand_in = isinstance(dec, StaticDecoder) and dec.use_graph and dec.compile_step == (decode == "fused")
+        return decode if stand_in else "eager"
     return decode
 
 
@@ -212,7 +221,8 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
         token_iter = _tokens_via_compiled(loaded, input_ids, settings, max_new, cancel, ignore_eos, notes)
     else:
         token_iter = _tokens_via_loop(loaded, input_ids, settings, max_new, cancel, ignore_eos,
-                                      use_graph=(path == "graph"), notes=notes)
+                                      use_graph=(path in ("graph", "fused")), notes=notes,
+                                      compile_step=(path == "fused"))
 
     detok = IncrementalDetokenizer(loaded.tokenizer)
     eos = set(loaded.eos_ids)
@@ -258,6 +268,8 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
     decode_tps = None
     if t_first is not None and t_last is not None and n_out > 1 and t_last > t_first:
         decode_tps = (n_out - 1) / (t_last - t_first)
+    if path == "fused" and any(n.startswith(COMPILE_OFF) for n in notes):
+        path = "graph"  # the uncompiled step was captured instead
     if path == "graph" and any(n.startswith("CUDA graph off") for n in notes):
         path = "graph-failed"
     if path == "compiled" and any(n.startswith(COMPILE_OFF) for n in notes):
@@ -300,15 +312,16 @@ def _context_limit(model) -> int | None:
 
 
 def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings, max_new: int,
-                     cancel: threading.Event, ignore_eos: bool, use_graph: bool, notes: list[str]) -> Iterator[int]:
+                     cancel: threading.Event, ignore_eos: bool, use_graph: bool, notes: list[str],
+                     compile_step: bool = False) -> Iterator[int]:
     import torch
 
     model = loaded.model
     dec = loaded.decoder
-    if not isinstance(dec, StaticDecoder) or dec.use_graph != use_graph:
+    if not isinstance(dec, StaticDecoder) or dec.use_graph != use_graph or dec.compile_step != compile_step:
         if dec is not None:
             dec.close()  # free the other path's cache (and graph pool) first
-        dec = loaded.decoder = StaticDecoder(model, loaded.device, use_graph)
+        dec = loaded.decoder = StaticDecoder(model, loaded.device, use_graph, compile_step=compile_step)
     gen = make_generator(settings, loaded.device)
     suppress = torch.tensor(sorted(loaded.eos_ids), device=loaded.device) if ignore_eos and loaded.eos_ids else None
     cuda = loaded.device == "cuda"
@@ -328,6 +341,8 @@ def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings,
 
     with torch.no_grad():
         dec.prepare(n_prompt + max_new + 1)
+        if dec.will_compile and max_new > 1:
+            notes.append(FIRST_COMPILE)
         logits = dec.prefill(input_ids)
         tok = pick(logits, n_prompt)
         produced = 0
@@ -359,6 +374,8 @@ def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings,
             if not more or (tid in loaded.eos_ids and not ignore_eos) or cancel.is_set():
                 return
             logits = dec.step(tok)
+            if dec.compile_failed and not any(n.startswith(COMPILE_OFF) for n in notes):
+                notes.append(f"{COMPILE_OFF} ({dec.compile_failed}); the decode step runs uncompiled")
             if dec.graph_failed and not any(n.startswith("CUDA graph off") for n in notes):
                 notes.append(f"CUDA graph off ({dec.graph_failed}); decoding eagerly")
             tok = pick(logits, n_prompt + produced)
@@ -412,7 +429,7 @@ def _tokens_via_compiled(loaded: LoadedModel, input_ids, settings: SamplingSetti
     if loaded.device != "cuda":
         notes.append("no torch.compile on the CPU: transformers' static cache, uncompiled")
     elif dec.calls == 0:
-        notes.append("the first answer compiles the decode step (torch.compile); later answers reuse it")
+        notes.append(FIRST_COMPILE)
     if dec.failed:
         notes.append(f"{COMPILE_OFF} ({dec.failed}); decoding with transformers' generate")
         yield from _tokens_via_generate(loaded, input_ids, settings, max_new, cancel, ignore_eos)
