@@ -28,6 +28,9 @@ CORE_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate
 GPU_PACKAGES = ("unsloth", "unsloth_zoo", "bitsandbytes", "xformers", "triton")
 PIP_NAMES = {"unsloth_zoo": "unsloth_zoo", "bitsandbytes": "bitsandbytes"}
 INSTALL_GPU = "pip install -e '.[gpu]'  (Unsloth, unsloth_zoo, bitsandbytes)"
+# Where NVML sees no GPU, Unsloth is not imported (about 10 s on a CPU box, for a backend that auto never
+# picks there): its installed version is read from the package metadata, and its line says so.
+NOT_IMPORTED_NO_GPU = "not imported: no GPU here"
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class PackageProbe:
     imported: bool
     error: str | None = None
     seconds: float | None = None
+    not_imported: str | None = None   # why the import was not tried (the version is the installed one)
 
 
 @dataclass
@@ -152,6 +156,20 @@ def run_probe(names: tuple[str, ...], timeout: float = 120.0, python: str | None
     return {n: asdict(PackageProbe(n, None, False, f"probe process died (exit {proc.returncode}): {err}")) for n in names}
 
 
+def installed_versions(names: tuple[str, ...], why: str) -> dict:
+    """Packages read from their installed metadata only, not imported (``why`` says why not)."""
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            version = metadata.version(PIP_NAMES.get(name, name))
+        except metadata.PackageNotFoundError:
+            version = None
+        out[name] = asdict(PackageProbe(name, version, False, not_imported=why))
+    return out
+
+
 # ---------------------------------------------------------------- verdict rules (pure)
 
 def rule_gpu_present(nvml: NvmlInfo) -> CheckLine:
@@ -212,6 +230,9 @@ def rule_package(p: dict, gpu_present: bool) -> CheckLine:
     if p.get("imported"):
         return CheckLine("software", name, p.get("version") or "?", "ok")
     core = name in CORE_PACKAGES
+    if p.get("not_imported") and p.get("version") is not None:
+        return CheckLine("software", name, f"{p['version']} (installed; {p['not_imported']})", "info",
+                         "the hf backend trains here; on a GPU box the check imports it")
     if p.get("version") is None:
         if core:
             return CheckLine("software", name, "not installed", "problem", "pip install -e .  (from the medtui checkout)")
@@ -372,7 +393,10 @@ def collect(workspace: Path, settings: dict | None = None, min_free_gib: float =
     say("probing libraries (in subprocesses)")
     pool = ThreadPoolExecutor(max_workers=3)
     core = pool.submit(run_probe, CORE_PACKAGES + ("bitsandbytes", "xformers", "triton"), probe_timeout)
-    uns = pool.submit(run_probe, ("unsloth", "unsloth_zoo"), probe_timeout)
+    if gpu_present:
+        uns = pool.submit(run_probe, ("unsloth", "unsloth_zoo"), probe_timeout)
+    else:
+        uns = pool.submit(installed_versions, ("unsloth", "unsloth_zoo"), NOT_IMPORTED_NO_GPU)
     # the model's stop tokens are read in their own process meanwhile; their lines come last
     model = pool.submit(model_lines) if model_lines is not None else None
     pool.shutdown(wait=False)

@@ -28,8 +28,13 @@ def test_check_json_reports_the_gpus_and_exits_0(workspace):
     names = {ln["name"]: ln for ln in report["lines"]}
     if gpus:
         assert f"{gpus} found" in names["GPUs"]["value"], names["GPUs"]
+        assert report["packages"]["unsloth"].get("not_imported") is None   # a GPU box imports it, as it trains with it
     else:
         assert "CPU demo only" in names["GPUs"]["fix"]
+        # no GPU: Unsloth's installed version is read, not imported (seconds saved), and the line says so
+        assert report["packages"]["unsloth"]["imported"] is False
+        assert names["unsloth"]["value"] == "not installed" or \
+            names["unsloth"]["value"].endswith("(installed; not imported: no GPU here)"), names["unsloth"]
     assert report["packages"]["torch"]["imported"] is True
     assert report["workspace"]["path"] == str(workspace.resolve())
     assert report["fit"]["label"].endswith("(random weights, demo only)")

@@ -7,6 +7,8 @@ import pytest
 
 from medtui_engine.config import ConfigError, Settings, load_settings, render_default_config
 from medtui_engine.envcheck import (
+    NOT_IMPORTED_NO_GPU,
+    installed_versions,
     rule_compute_capability,
     rule_disk,
     rule_driver_vs_torch,
@@ -61,6 +63,18 @@ def test_missing_unsloth_on_a_gpu_box_says_how_to_install():
     broken = rule_package({"name": "transformers", "version": "5.17.0", "imported": False,
                            "error": "RuntimeError: operator torchvision::nms does not exist"}, gpu_present=False)
     assert broken.verdict == "problem" and "pip uninstall torchvision" in broken.fix
+
+
+def test_unsloth_on_a_box_without_a_gpu_is_read_not_imported():
+    # no GPU: the check reads Unsloth's installed version (importing it costs seconds for a backend not used)
+    (probe,) = installed_versions(("unsloth",), NOT_IMPORTED_NO_GPU).values()
+    assert probe["imported"] is False and probe["not_imported"] == NOT_IMPORTED_NO_GPU
+    line = rule_package(probe, gpu_present=False)
+    if probe["version"] is None:   # not installed: said as before
+        assert line.value == "not installed" and line.verdict == "info"
+    else:
+        assert line.value == f"{probe['version']} (installed; not imported: no GPU here)" and line.verdict == "info"
+    assert installed_versions(("no_such_package_here",), "why")["no_such_package_here"]["version"] is None
 
 
 def test_cpu_torch_on_a_gpu_box_is_a_problem():

@@ -11,7 +11,9 @@ from medtui.screens.environment import EnvironmentScreen
 CHECK_S = 300.0  # the check probes the libraries in subprocesses (torch imports): slow on a busy machine
 
 
-async def test_environment_screen_checks_and_estimates(workspace, demo_model):
+async def test_environment_screen_checks_estimates_and_rechecks(workspace, demo_model):
+    """One app session for the check, the estimate and the re-check key: each check imports the libraries
+    in subprocesses (seconds of CPU), so the screen's checks are not repeated in a second session."""
     app = MedtuiApp()
     async with app.run_test(size=(80, 24)) as pilot:
         table = app.screen.query_one("#env-table", DataTable)
@@ -47,16 +49,12 @@ async def test_environment_screen_checks_and_estimates(workspace, demo_model):
         await pilot.press("escape")
         await wait_until(pilot, lambda: table.has_focus, "the table")
         assert "w" in app.screen.active_bindings
-
-
-async def test_recheck_key_runs_the_check_again(workspace):
-    app = MedtuiApp()
-    async with app.run_test(size=(100, 30)) as pilot:
+        # r runs the whole check again, and the new report is drawn
         screen = app.screen
         assert isinstance(screen, EnvironmentScreen)
-        assert await eventually(pilot, lambda: screen.report is not None, CHECK_S)
         first = screen.report
+        assert first is not None
         await pilot.press("r")
         assert await eventually(pilot, lambda: screen.report is not first, CHECK_S)  # a new check, drawn
         assert "Verdict" in str(screen.query_one("#env-summary", Static).render())
-        assert screen.query_one("#env-table", DataTable).row_count == len(screen.report.lines)
+        assert table.row_count == len(screen.report.lines)
