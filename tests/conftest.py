@@ -9,6 +9,7 @@ fails, never skips, when it is selected on a machine without CUDA.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -50,6 +51,22 @@ def demo_model(medtui_home: Path) -> Path:
     from medtui_engine.demo import ensure_demo_model
 
     return ensure_demo_model()
+
+
+@pytest.fixture(scope="module")
+def cpu_demo(demo_model):
+    """The demo model loaded by the product, on the CPU (on a GPU machine: the same model in fp32 on the CPU),
+    for the decode paths' CPU tests (the CUDA graph stood in by EagerReplay)."""
+    from medtui_engine.infer import load_model, resolve_source
+
+    loaded = load_model(resolve_source("demo"))
+    if loaded.device != "cpu":
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(loaded.source.model_dir), dtype=torch.float32).eval()
+        loaded = dataclasses.replace(loaded, model=model, device="cpu", dtype="float32", gpu_mem_mib=None, decoder=None)
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,6 @@ CPU). The GPU tier (tests/test_gpu_infer.py) runs the product's inductor on CUDA
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from medtui_engine.infer import SamplingSettings, answer
@@ -18,20 +16,6 @@ from medtui_engine.infer.stream import COMPILE_OFF, FIRST_COMPILE, pick_decode
 CASE = "男性，62岁，进行性吞咽困难2月，体重下降8kg，胃镜示食管中段溃疡型肿物"
 OTHER = "女性，58岁，右上腹痛伴寒战高热2天，皮肤巩膜黄染"
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=12)
-
-
-@pytest.fixture(scope="module")
-def cpu_demo(demo_model):
-    from medtui_engine.infer import load_model, resolve_source
-
-    loaded = load_model(resolve_source("demo"))
-    if loaded.device != "cpu":  # a GPU machine: the same model in fp32 on the CPU
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(loaded.source.model_dir), dtype=torch.float32).eval()
-        loaded = dataclasses.replace(loaded, model=model, device="cpu", dtype="float32", gpu_mem_mib=None, decoder=None)
-    return loaded
 
 
 @pytest.fixture(scope="module")

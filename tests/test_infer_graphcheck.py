@@ -5,8 +5,6 @@ model in fp32 with stand-ins for CUDA graphs (one faithful, one that replays at 
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from medtui_engine.infer import SamplingSettings, answer
@@ -97,20 +95,6 @@ def test_non_finite_logits_are_refused() -> None:
     graph = full.clone()
     graph[0, 0] = float("nan")
     assert not judge(graph, full[:1], full, 0.0, BF16_EPS).ok
-
-
-@pytest.fixture(scope="module")
-def cpu_demo(demo_model):
-    from medtui_engine.infer import load_model, resolve_source
-
-    loaded = load_model(resolve_source("demo"))
-    if loaded.device != "cpu":  # a GPU machine: the same model in fp32 on the CPU
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(loaded.source.model_dir), dtype=torch.float32).eval()
-        loaded = dataclasses.replace(loaded, model=model, device="cpu", dtype="float32", gpu_mem_mib=None, decoder=None)
-    return loaded
 
 
 class StaleReplay(EagerReplay):
