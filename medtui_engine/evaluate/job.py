@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import UserError
-from ..offline import apply_offline
+from ..offline import apply_offline, skip_cuda_only_packages
 from ..runs.events import EventWriter, last_seq, read_events
 from ..runs.jobs import STOP_FILE, job_alive, launch_job, proc_start_time
 from .cases import EvalCase
@@ -249,6 +249,7 @@ def _previous_runtime(job_dir: Path) -> float:
 
 def run_job(job_dir: Path) -> int:
     apply_offline()
+    skip_cuda_only_packages()
     job_dir = Path(job_dir)
     flag = StopFlag(job_dir)
     flag.install()

@@ -735,9 +735,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) < 4 or argv[0] != "verify":
         print("usage: python -m medtui_engine.merge.gguf_export verify MODEL_DIR TEMPLATE GGUF...", file=sys.stderr)
         return 2
-    from ..offline import apply_offline
+    from ..offline import apply_offline, skip_cuda_only_packages
 
     apply_offline()
+    skip_cuda_only_packages()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..offline import apply_offline
+from ..offline import apply_offline, skip_cuda_only_packages
 from ..runs.events import EventWriter
 from ..runs.jobs import proc_start_time
 from .plan import MergePlan
@@ -48,6 +48,7 @@ def write_job_spec(job_dir: Path, plan: MergePlan, options: dict | None = None) 
 
 def run_job(job_dir: Path) -> int:
     apply_offline()
+    skip_cuda_only_packages()
     job_dir = Path(job_dir)
     spec = json.loads((job_dir / SPEC).read_text(encoding="utf-8"))
     plan = MergePlan.from_dict(spec["plan"])

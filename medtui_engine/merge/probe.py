@@ -57,9 +57,10 @@ def _force_eos_processor(at: int, eos_id: int, prompt_len: int):
 
 def main(argv: list[str]) -> int:
     out_json, model_dir, prompts_json, max_new = argv[0], argv[1], argv[2], int(argv[3])
-    from ..offline import apply_offline
+    from ..offline import apply_offline, skip_cuda_only_packages
 
     apply_offline()
+    skip_cuda_only_packages()
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList

@@ -41,7 +41,7 @@ from pathlib import Path
 
 # Before anything that could import transformers & co: offline, and Unsloth's compile cache out
 # of the working directory.
-from ..offline import apply_offline
+from ..offline import apply_offline, skip_cuda_only_packages
 from ..paths import home_dir
 from ..runs.events import EventWriter
 from ..runs.jobs import STOP_FILE, proc_start_time
@@ -546,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(a.run_dir).resolve()
 
     apply_offline()
+    skip_cuda_only_packages()
     os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(home_dir() / "cache" / "unsloth_compiled_cache"))
     if a.worker:
         return _rank_main(run_dir, a.resume)
