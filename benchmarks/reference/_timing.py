@@ -1,11 +1,23 @@
-"""Timing shared by the reference scripts (plain transformers; no medtui code): a streamer that notes
-when each new token arrives, as a user of ``generate`` would time it."""
+"""What the reference scripts share (plain transformers; no medtui code): their command line, and a
+streamer that notes when each new token arrives, as a user of ``generate`` would time it."""
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from transformers.generation.streamers import BaseStreamer
+
+
+def reference_parser(four_bit: bool = True) -> argparse.ArgumentParser:
+    """MODEL_DIR PROMPT_FILE [--new-tokens N] [--4bit]: what bench_infer.py passes every reference."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("prompt_file")
+    ap.add_argument("--new-tokens", type=int, default=256)
+    if four_bit:
+        ap.add_argument("--4bit", dest="four_bit", action="store_true")
+    return ap
 
 
 class Clock(BaseStreamer):

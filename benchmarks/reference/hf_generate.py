@@ -6,7 +6,6 @@ Prints one line ``RESULT {json}``: time to first token, decode tokens/s (after t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -17,17 +16,13 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Clock  # noqa: E402
+from _timing import Clock, reference_parser  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: only to check the script itself
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model_dir")
-    ap.add_argument("prompt_file")
-    ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--4bit", dest="four_bit", action="store_true")
+    ap = reference_parser()
     a = ap.parse_args()
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(a.model_dir)

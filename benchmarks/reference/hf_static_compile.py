@@ -11,7 +11,6 @@ measured call. Prints one line ``RESULT {json}``."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,16 +21,13 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, CompileConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Clock  # noqa: E402
+from _timing import Clock, reference_parser  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: only to check the script itself
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model_dir")
-    ap.add_argument("prompt_file")
-    ap.add_argument("--new-tokens", type=int, default=256)
+    ap = reference_parser(four_bit=False)
     ap.add_argument("--style", choices=("generate", "forward"), default="generate")
     a = ap.parse_args()
     t0 = time.perf_counter()

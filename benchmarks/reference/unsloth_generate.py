@@ -7,7 +7,6 @@ Prints one line ``RESULT {json}``."""
 # ruff: noqa: I001  -- Unsloth must be imported before transformers
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -20,15 +19,11 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Clock  # noqa: E402
+from _timing import Clock, reference_parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model_dir")
-    ap.add_argument("prompt_file")
-    ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--4bit", dest="four_bit", action="store_true")
+    ap = reference_parser()
     a = ap.parse_args()
     t0 = time.perf_counter()
     model, tok = FastLanguageModel.from_pretrained(model_name=a.model_dir, max_seq_length=2048, dtype=torch.bfloat16,
