@@ -190,12 +190,12 @@ def _loud_recompile_limit():
     return contextlib.nullcontext()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """An exception in one line; a wrapper's bare heading ("backend='inductor' raised:") gets its cause's."""
     text = str(exc).splitlines()[0][:200] if str(exc) else ""
     cause = exc.__cause__ or getattr(exc, "inner_exception", None)
     if cause is not None and cause is not exc and (not text or text.endswith(":")):
-        text = f"{text} {_first_line(cause)}".strip()
+        text = f"{text} {first_line(cause)}".strip()
     return f"{type(exc).__name__}: {text}"
 
 
@@ -286,7 +286,7 @@ class StaticDecoder:
                     self.check = exc.check
                     self.graph_failed = exc.check.summary()
                 else:
-                    self.graph_failed = _first_line(exc)
+                    self.graph_failed = first_line(exc)
                 self.graphs.synchronize()
                 self._restore(at)
                 self._fed = []
@@ -305,7 +305,7 @@ class StaticDecoder:
                 return self._capture_step(ids, at, compiled=True)
             except Exception as exc:  # compiling is an optimisation: capture the uncompiled step instead
                 self.compile_failed = (f"the compiled step failed its check: {exc.check.summary()}" if isinstance(exc, GraphRefused)
-                                       else _first_line(exc))
+                                       else first_line(exc))
                 self.compiled = None
                 self.graphs.synchronize()
                 self._restore(at)

@@ -40,7 +40,7 @@ from typing import Any
 from ..errors import UserError
 from ..sections import split_think
 from ..templates import generation_prefix, render_prompt
-from .decoder import CompiledDecoder, StaticDecoder
+from .decoder import CompiledDecoder, StaticDecoder, first_line
 from .loader import LoadedModel
 from .sampling import SamplingSettings, make_generator, resolve_repetition_penalty, sample_next
 
@@ -53,7 +53,8 @@ AUTO_GPU_DECODE = "graph"
 # transformers' static-cache decode step compiled as its documentation recommends (and as the bench's bare
 # reference compiles it): CUDA graphs (reduce-overhead), the whole step one graph
 COMPILE_CONFIG = {"fullgraph": True, "mode": "reduce-overhead"}
-COMPILE_OFF = "torch.compile off"
+COMPILE_OFF = "torch.compile off"   # the heads of the notes that say a fast path was refused (decode_path follows)
+GRAPH_OFF = "CUDA graph off"
 FIRST_COMPILE = "the first answer compiles the decode step (torch.compile); later answers reuse it"
 
 
@@ -270,7 +271,7 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
         decode_tps = (n_out - 1) / (t_last - t_first)
     if path == "fused" and any(n.startswith(COMPILE_OFF) for n in notes):
         path = "graph"  # the uncompiled step was captured instead
-    if path == "graph" and any(n.startswith("CUDA graph off") for n in notes):
+    if path == "graph" and any(n.startswith(GRAPH_OFF) for n in notes):
         path = "graph-failed"
     if path == "compiled" and any(n.startswith(COMPILE_OFF) for n in notes):
         path = "compiled-failed"
@@ -376,8 +377,8 @@ def _tokens_via_loop(loaded: LoadedModel, input_ids, settings: SamplingSettings,
             logits = dec.step(tok)
             if dec.compile_failed and not any(n.startswith(COMPILE_OFF) for n in notes):
                 notes.append(f"{COMPILE_OFF} ({dec.compile_failed}); the decode step runs uncompiled")
-            if dec.graph_failed and not any(n.startswith("CUDA graph off") for n in notes):
-                notes.append(f"CUDA graph off ({dec.graph_failed}); decoding eagerly")
+            if dec.graph_failed and not any(n.startswith(GRAPH_OFF) for n in notes):
+                notes.append(f"{GRAPH_OFF} ({dec.graph_failed}); decoding eagerly")
             tok = pick(logits, n_prompt + produced)
 
 
@@ -448,8 +449,7 @@ def _tokens_via_compiled(loaded: LoadedModel, input_ids, settings: SamplingSetti
             yield tid
         return
     except Exception as exc:  # compiling is an optimisation: go on without it from where it stopped, and say why
-        text = str(exc).splitlines()[0][:200] if str(exc) else ""
-        dec.failed = f"{type(exc).__name__}: {text}"
+        dec.failed = first_line(exc)
         notes.append(f"{COMPILE_OFF} ({dec.failed}); decoding with transformers' generate")
     finally:
         inner.close()
