@@ -6,6 +6,8 @@
   a position whose top-2 logits lie within bf16 noise (reported);
 - the fast decode path (our loop with each step replayed as a CUDA graph) against eager decoding, 64
   greedy steps on real CUDA;
+- the evaluation's batch on a GPU (as many cases as fit, on the compiled static cache): the answers of one
+  case at a time through ``auto`` (the fused loop), in float32;
 - 4-bit loading through bitsandbytes, and an answer from the 4-bit model;
 - Unsloth's fast inference on the 4-bit model, through the real ``medtui ask``.
 """
@@ -106,11 +108,40 @@ def test_graph_decode_agrees_with_eager_decoding_over_64_greedy_steps(bf16_model
             f"(more than rounding, tolerance {tol:.3f})")
 
     # the public path reports the graph it used
-    r = answer(loaded, CASE, SamplingSettings(temperature=0, max_new_tokens=STEPS), ignore_eos=True)
+    r = answer(loaded, CASE, SamplingSettings(temperature=0, max_new_tokens=STEPS), ignore_eos=True, decode="graph")
     s = r.stats
     assert s.decode_path == "graph" and not s.notes, (s.decode_path, s.notes)
     assert s.output_tokens == STEPS and s.finish_reason == "length" and s.decode_tokens_per_s > 0
     print(f"graph decode on the 0.5B shape: {s.summary()}")
+
+
+def test_the_evaluations_gpu_batch_gives_the_answers_of_one_case_at_a_time(qwen05_model: Path) -> None:
+    """What ``medtui eval`` does on a GPU when not told a batch: ``default_batch`` fits the cases, which then
+    decode together on the compiled static cache, padded on the left, each stopping at its own end. In float32
+    (bf16 near-ties on random weights would break greedy ties either way), the answers equal those of one
+    case at a time through ``auto``, which on a GPU is the fused loop."""
+    from medtui_engine.evaluate.cases import EvalCase
+    from medtui_engine.evaluate.runner import Item, answer_items, default_batch
+    from medtui_engine.infer.stream import AUTO_GPU_DECODE
+
+    loaded = load_model(resolve_source(str(qwen05_model)), LoadOptions(backend="hf", dtype="float32"))
+    try:
+        assert loaded.device == "cuda" and loaded.dtype == "float32"
+        qs = [CASE, CASE[:9], "女性，45岁，右上腹痛3天，TBil 68μmol/L", CASE + "，既往高血压10年"]
+        greedy = SamplingSettings(temperature=0, max_new_tokens=24)
+        one = [answer(loaded, q, greedy) for q in qs]
+        assert {r.stats.decode_path for r in one} == {AUTO_GPU_DECODE} == {"fused"}, [r.stats.notes for r in one]
+        batch = default_batch(loaded, qs, greedy.max_new_tokens)
+        assert batch == len(qs)
+        items = [Item(EvalCase(id=f"c{i}", question=q, reference_diagnosis=None, reference_answer=None), 0, i)
+                 for i, q in enumerate(qs)]
+        rows = [row for _, row in answer_items(loaded, loaded.source, items, greedy, batch=batch)]
+        assert [r["stats"]["decode_path"] for r in rows] == [f"batched ({len(qs)}, compiled)"] * len(qs)
+        print(f"\nevaluation batch on the GPU: {batch} cases; answers equal one at a time: "
+              f"{[r['answer'] == o.output for r, o in zip(rows, one, strict=True)]}")
+        assert [r["answer"] for r in rows] == [o.output for o in one]
+    finally:
+        loaded.unload()
 
 
 def test_4bit_loading_through_bitsandbytes_and_an_answer(qwen05_model: Path, bf16_model) -> None:
@@ -131,9 +162,10 @@ def test_4bit_loading_through_bitsandbytes_and_an_answer(qwen05_model: Path, bf1
         r = answer(loaded, CASE, SamplingSettings(temperature=0, max_new_tokens=16), ignore_eos=True)
         s = r.stats
         assert s.output_tokens == 16 and s.finish_reason == "length" and r.output
-        # a GPU chooses the graph path; should its capture refuse itself, the answer says why
-        assert s.decode_path in ("graph", "graph-failed"), s.decode_path
-        assert (s.decode_path == "graph") == (not any(n.startswith("CUDA graph off") for n in s.notes)), s.notes
+        # a GPU chooses the fused path; should compiling or the capture refuse itself, the answer says why
+        assert s.decode_path in ("fused", "graph", "graph-failed"), s.decode_path
+        assert (s.decode_path == "fused") == (not any(n.startswith(("CUDA graph off", "torch.compile off"))
+                                                      for n in s.notes)), s.notes
         print(f"4-bit answer: {s.decode_path}, {s.summary()} {list(s.notes)}")
     finally:
         loaded.unload()

@@ -137,3 +137,48 @@ def test_batched_on_the_static_cache_path_equals_one_at_a_time(loaded_model) -> 
     assert [r.output for r in batched.results] == [r.output for r in one]
     assert all(r.stats.decode_path == "batched (3, compiled)" for r in batched.results)
     assert isinstance(loaded_model.decoder, CompiledDecoder) and loaded_model.decoder.thread.is_alive()
+
+
+def test_the_gpu_batch_is_what_the_free_memory_holds(loaded_model) -> None:
+    """``fit_batch``: each case's KV cache as long as the compiled path makes it (the longest prompt plus the
+    new tokens, rounded up to COMPILED_CACHE_ROUND), within EVAL_MEMORY_SHARE of the free memory; capped, and
+    never below one."""
+    from medtui_engine.infer.batch import EVAL_MAX_BATCH, EVAL_MEMORY_SHARE, fit_batch, kv_bytes_per_token
+    from medtui_engine.infer.decoder import COMPILED_CACHE_ROUND
+    from medtui_engine.infer.stream import build_prompt
+
+    cfg = loaded_model.model.config
+    assert kv_bytes_per_token(cfg) == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (
+        cfg.hidden_size // cfg.num_attention_heads) * 2
+    tok = loaded_model.tokenizer
+    longest = max(len(tok(build_prompt(loaded_model, q), add_special_tokens=False)["input_ids"]) for q in CASES)
+    per_case = COMPILED_CACHE_ROUND * kv_bytes_per_token(cfg) + 8 * cfg.vocab_size
+    assert longest + 64 + 1 <= COMPILED_CACHE_ROUND  # one cache length for these cases
+    for cases in (3, 5):
+        free = int(cases * per_case / EVAL_MEMORY_SHARE)  # room for exactly `cases` caches
+        assert fit_batch(loaded_model, CASES * 20, 64, free_bytes=free) == cases
+        assert fit_batch(loaded_model, CASES * 20, 64, free_bytes=free - 1) == cases - 1
+    assert fit_batch(loaded_model, CASES * 20, 64, free_bytes=10**15) == EVAL_MAX_BATCH
+    assert fit_batch(loaded_model, CASES[:3], 64, free_bytes=10**15) == 3
+    assert fit_batch(loaded_model, CASES, 64, free_bytes=0) == 1
+    # a longer answer needs a longer cache: fewer cases fit in the same memory
+    free = int(4 * per_case / EVAL_MEMORY_SHARE)
+    longer = 2 * COMPILED_CACHE_ROUND * kv_bytes_per_token(cfg) + 8 * cfg.vocab_size
+    assert fit_batch(loaded_model, CASES * 20, COMPILED_CACHE_ROUND, free_bytes=free) == int(
+        free * EVAL_MEMORY_SHARE // longer) < 4
+
+
+def test_the_evaluation_splits_its_cases_into_even_batches(loaded_model) -> None:
+    """Five cases at a batch of at most four: two batches of three and two (not four and one: each new batch
+    size is compiled again on a GPU), in the order given, the same greedy answers as one at a time."""
+    from medtui_engine.evaluate.cases import EvalCase
+    from medtui_engine.evaluate.runner import Item, answer_items
+
+    items = [Item(EvalCase(id=f"c{i}", question=q, reference_diagnosis=None, reference_answer=None), 0, i)
+             for i, q in enumerate(CASES)]
+    greedy = SamplingSettings(temperature=0, max_new_tokens=8)
+    one = {it.case.id: row["answer"] for it, row in answer_items(loaded_model, loaded_model.source, items, greedy)}
+    got = list(answer_items(loaded_model, loaded_model.source, items, greedy, batch=4))
+    assert [it.case.id for it, _ in got] == [it.case.id for it in items]
+    assert [row["stats"]["decode_path"] for _, row in got] == ["batched (3)"] * 3 + ["batched (2)"] * 2
+    assert {it.case.id: row["answer"] for it, row in got} == one

@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, metavar="N",
-                        help="cases decoded together (default 1: one at a time); greedy answers are the same either "
-                             "way, within numerics")
+                        help="cases decoded together (default: on a GPU as many as fit, up to 64; on the CPU one "
+                             "at a time); greedy answers are the same either way, within numerics")
     parser.add_argument("--repetition-penalty", type=float, metavar="P",
                         help="1 = off (default: the model's generation config; the same on every decode path)")
     _add_synonyms(parser)

@@ -298,7 +298,8 @@ def run_job(job_dir: Path) -> int:
                         if flag.requested():
                             break
                         t_item = time.time()
-                        batch = int(spec.get("batch") or default_batch(loaded.device))
+                        batch = int(spec.get("batch") or default_batch(
+                            loaded, [it.case.question for it in todo], settings.max_new_tokens))
                         t_side, n_side = time.time(), 0
                         for item, row in answer_items(loaded, source, todo, settings, flag.event, batch):
                             log.append(row)   # on file (fsynced) before it is reported as done

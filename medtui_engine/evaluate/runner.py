@@ -72,8 +72,10 @@ def answer_items(loaded, source, items: list[Item], settings, cancel=None, batch
 
     ``batch`` > 1 decodes that many cases together (:func:`medtui_engine.infer.batch.answer_batch`: the same
     greedy answers within numerics, each case stopping at its own end); the items of one batch share a
-    sample number, so each batch has one set of sampling settings. The evaluation job only relies on each
-    yielded row being complete (it saves the row, then reports it)."""
+    sample number, so each batch has one set of sampling settings; the items are split into batches of
+    near-equal size (a smaller last batch would be compiled again). On a GPU the batches decode on the
+    compiled static cache (what ``medtui bench eval`` measured fastest). The evaluation job only relies on
+    each yielded row being complete (it saves the row, then reports it)."""
     if batch <= 1:
         for item in items:
             if cancel is not None and cancel.is_set():
@@ -88,13 +90,15 @@ def answer_items(loaded, source, items: list[Item], settings, cancel=None, batch
     by_sample: dict[int, list[Item]] = {}
     for item in items:
         by_sample.setdefault(item.sample, []).append(item)
+    compiled = loaded.device == "cuda"
     for sample, group in sorted(by_sample.items()):
-        for start in range(0, len(group), batch):
+        size = -(-len(group) // -(-len(group) // batch))  # the fewest batches of at most `batch`, sizes even
+        for start in range(0, len(group), size):
             if cancel is not None and cancel.is_set():
                 return
-            chunk = group[start:start + batch]
+            chunk = group[start:start + size]
             got = answer_batch(loaded, [it.case.question for it in chunk], sample_settings(settings, sample),
-                               batch_size=len(chunk), cancel=cancel)
+                               batch_size=len(chunk), cancel=cancel, compiled=compiled)
             if len(got.results) < len(chunk) or any(r.stats.finish_reason == "cancelled" for r in got.results):
                 return  # a stopped batch is given again, whole, on resume
             for item, result in zip(chunk, got.results, strict=True):
@@ -104,10 +108,16 @@ def answer_items(loaded, source, items: list[Item], settings, cancel=None, batch
                                        prompt_opened=bool(generation_prefix(result.template)))
 
 
-def default_batch(device: str) -> int:
-    """Cases decoded together when the user does not say: one at a time, on every device, until batched
-    decoding has been measured on a GPU (``medtui bench eval``); ``--batch N`` asks for it."""
-    return 1
+def default_batch(loaded, questions: list[str], max_new_tokens: int) -> int:
+    """Cases decoded together when the user does not say (``--batch N`` says): on a GPU as many as
+    :func:`medtui_engine.infer.batch.fit_batch` fits (up to EVAL_MAX_BATCH: measured 12.5x the cases a
+    minute of one at a time on the H200); on the CPU one at a time (a batch there saves little and holds
+    every answer back until the slowest is done)."""
+    if loaded.device != "cuda":
+        return 1
+    from ..infer.batch import fit_batch
+
+    return fit_batch(loaded, questions, max_new_tokens)
 
 
 def new_report_dir(reports_dir: Path, started: float, stem: str = "eval") -> Path:
