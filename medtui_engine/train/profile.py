@@ -414,8 +414,8 @@ class StepProfiler:
             summary["note"] = f"the run ended at step {last_step}, inside the window: nothing profiled"
         elif self.window is None:
             summary["note"] = "no window fits this run (too short, or resumed past it): nothing profiled"
-        elif not self.done:
-            summary["note"] = "the profiler did not finish its window"
+        elif not self.done or self.prof is None:
+            summary["note"] = "the profiler did not finish its window" + (" (see profile_note.txt)" if self.failed else "")
         else:
             prof = self.prof
             cuda = "cuda" in self.activities
