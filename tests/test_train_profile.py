@@ -143,3 +143,56 @@ def test_the_bench_prints_the_two_arms_losses_side_by_side_and_the_profile(runs)
     shown = "\n".join(profile_lines(summary, str(runs["dir"])))
     assert "steps [2, 3]: wall ms" in shown and "the job's own work per step" in shown
     print("\n" + text + shown)
+
+
+def test_the_summary_splits_a_gpu_step_into_busy_idle_and_kernel_families():
+    """The GPU half of the summary, on events shaped as the profiler gives them on a GPU (torch's own
+    FunctionEvent objects: ops with their parents and shapes, kernels linked to the op that launched
+    them, the step annotations): two steps of 1 ms each, 0.425 ms of kernels."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    from medtui_engine.train.profile import summarize_events
+
+    vocab, events, ids = 1000, [], iter(range(100, 10_000))
+
+    def op(name, s, e, parent=None, shapes=(), annotation=False):
+        f = FunctionEvent(id=next(ids), name=name, thread=1, start_us=s, end_us=e, input_shapes=list(shapes),
+                          is_user_annotation=annotation, use_device="cuda")
+        if parent is not None:
+            f.set_cpu_parent(parent)
+            parent.append_cpu_child(f)
+        events.append(f)
+        return f
+
+    def kernel(name, s, e, launcher):
+        events.append(FunctionEvent(id=next(ids), name=name, thread=7, start_us=s, end_us=e, device_type=DeviceType.CUDA,
+                                    use_device="cuda", linked_correlation_id=launcher.id if launcher else 0))
+
+    for k in range(2):
+        b = k * 1000
+        step = op("ProfilerStep*", b, b + 1000, annotation=True)
+        layer = op("aten::linear", b + 10, b + 20, step)
+        kernel("nvjet_tst_128x64_sm90", b + 20, b + 120, op("aten::mm", b + 11, b + 19, layer, [[8, 64], [64, 64]]))
+        kernel("nvjet_tst_256x128", b + 120, b + 320, op("aten::mm", b + 30, b + 40, step, [[8, 64], [64, vocab]]))
+        kernel("flash_fwd_kernel", b + 330, b + 380, op("aten::_flash_attention_forward", b + 41, b + 50, step))
+        kernel("cunn_SoftMaxForward", b + 380, b + 400, op("aten::_log_softmax", b + 51, b + 60, step))
+        opt = op("Optimizer.step#AdamW8bit.step", b + 600, b + 900, step, annotation=True)
+        launcher = op("aten::empty", b + 601, b + 602, opt)
+        for j in range(5):
+            kernel("kOptimizerStatic8bit2StateBlockwise", b + 610 + 20 * j, b + 620 + 20 * j, launcher)
+        op("cudaStreamSynchronize", b + 950, b + 990, step)
+        kernel("Memcpy DtoH (Device -> Pageable)", b + 960, b + 965, None)
+    # the step's range drawn on the GPU timeline is no kernel
+    events.append(FunctionEvent(id=1, name="ProfilerStep#1", thread=7, start_us=0, end_us=900,
+                                device_type=DeviceType.CUDA, is_user_annotation=True))
+    s = summarize_events(events, [5, 6], vocab)
+    assert s["steps"] == [5, 6] and s["wall_ms"] == [1.0, 1.0]
+    assert s["device_busy_ms"] == [0.425, 0.425] and s["gap_ms"] == [0.575, 0.575] and s["kernels_per_step"] == [10, 10]
+    fam = s["device_ms_per_step_by_family"]
+    assert (fam["matmul"], fam["loss_lm_head"], fam["attention"], fam["optimizer"], fam["memcpy_memset"]) == (
+        0.1, 0.22, 0.05, 0.05, 0.005)
+    assert s["optimizer_step"] == {"host_ms": [0.3, 0.3], "device_ms": [0.05, 0.05]}
+    assert s["host_sync_wait_ms"] == [0.04, 0.04]
+    assert s["top_kernels"][0] == {"name": "nvjet_tst_256x128", "calls": 2, "device_ms_per_step": 0.2,
+                                   "family": "loss_lm_head"}

@@ -190,8 +190,8 @@ def summarize_events(events, steps: list[int], vocab: int | None) -> dict:
     annotations = {e.name for e in events if e.device_type == DeviceType.CPU and getattr(e, "is_user_annotation", False)}
     for e in events:
         if e.device_type == DeviceType.CPU:
-            if not getattr(e, "is_async", False):
-                cpu_by_id[e.id] = e
+            if not getattr(e, "is_async", False) and not getattr(e, "linked_correlation_id", 0):
+                cpu_by_id[e.id] = e   # the ops and ranges kernels link to (runtime calls link to them too)
             i = step_of(e.time_range.start)
             if i is None:
                 continue
