@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name.startswith("product auto seed "):
                     res = run_product(what, model, Path(a.data).resolve(), a, out, cache / "runs", seed=a.noise_seed)
                 elif name.startswith("product"):
-                    prof = out / "profile_auto" if a.profile and what == "auto" else None
+                    prof = (out / "profile_auto").resolve() if a.profile and what == "auto" else None
                     res = run_product(what, model, Path(a.data).resolve(), a, out, cache / "runs", profile_dir=prof)
                 else:
                     res = run_bare(what, model, rows_file, a, out)
