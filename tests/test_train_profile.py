@@ -25,7 +25,7 @@ from medtui_engine.train.profile import CPU_TABLE, DEVICE_TABLE, NOTE_FILE, SUMM
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 3
-COMMON = ["--model", "demo", "--backend", "hf", "--max-seq-length", "128", "--max-steps", str(STEPS),
+COMMON = ["--model", "demo", "--backend", "hf", "--max-seq-length", "96", "--max-steps", str(STEPS),
           "--lr", "1e-2", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--warmup-ratio", "0",
           "--eval-fraction", "0", "--heartbeat", "0.5", "--seed", "7"]
 PADDING_FREE = ["--micro-batch", "4", "--grad-accum", "1"]   # the auto recipe's padding-free batches (hf)
@@ -33,12 +33,12 @@ PADDED = ["--micro-batch", "1", "--grad-accum", "4"]         # one sample per mi
 
 
 def _data(path: Path) -> Path:
-    """12 demo cases cut to varied lengths (about 30 to 120 tokens), so padding and packing differ."""
+    """12 demo cases cut to varied lengths (about 25 to 100 tokens), so padding and packing differ."""
     rows = [json.loads(line) for line in (ROOT / "data" / "demo_train.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()][:12]
     with open(path, "w", encoding="utf-8") as fh:
         for i, r in enumerate(rows):
-            n = 10 + 9 * i
+            n = 6 + 6 * i
             fh.write(json.dumps({"Question": r["Question"][:n], "Complex_CoT": r["Complex_CoT"][: n // 2],
                                  "Response": r["Response"][:n]}, ensure_ascii=False) + "\n")
     return path
