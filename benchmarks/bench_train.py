@@ -14,6 +14,16 @@ and bare Unsloth + trl, on a named real model shape with the lengths of a real d
    per optimizer step; tokens/s count real tokens (no padding) over the steps after --warm.
 4. Prints tokens/s, peak memory, the ratio to the seed recipe and to the best bare recipe, and the
    time for 3 epochs of the data set; writes OUT_DIR/bench_train.json and each arm's log.
+5. When the auto and seed arms both ran: their losses step by step, side by side, with the difference
+   and a noise yardstick (each arm's step-to-step change; with --noise-seed N, the auto recipe again
+   with seed N: other samples in each step, another LoRA init). The two arms train the same samples
+   in the same order per optimizer step: both seed 0, and the trainer's seeded sampler draws one
+   permutation of the rows whatever the micro-batch; a micro-batch of 8 takes 8 consecutive rows
+   of it, 8 micro-batches of 1 the same 8 (padding-free batches flatten a micro-batch in order; a
+   length-grouped sampler would not keep the order, and the table says so if auto used one).
+6. --profile: the auto arm runs with MEDTUI_TORCH_PROFILE=OUT_DIR/profile_auto (optimizer steps 5-7
+   profiled, see medtui_engine.train.profile); its tokens/s then leave out the profiled steps and the
+   steps either side, and its summary is printed after the table.
 
 Random weights: speed and memory only (the losses are printed for the record).
 """
@@ -112,7 +122,19 @@ def tokenize_data(data: Path, model: Path, max_len: int) -> tuple[list[list[int]
     return [r["input_ids"] for r in rows], info
 
 
-def run_product(recipe: str, model: Path, data: Path, a, out: Path, runs_dir: Path) -> dict:
+def step_times(logs: dict, first: int, last: int, skip: set[int] = frozenset()) -> tuple[int, float]:
+    """(steps, seconds) over steps first..last from the log events' elapsed times, leaving out ``skip``."""
+    n, secs = 0, 0.0
+    for step in range(first, last + 1):
+        if step in skip or step not in logs or step - 1 not in logs:
+            continue
+        n += 1
+        secs += logs[step]["elapsed_s"] - logs[step - 1]["elapsed_s"]
+    return n, secs
+
+
+def run_product(recipe: str, model: Path, data: Path, a, out: Path, runs_dir: Path, seed: int = 0,
+                profile_dir: Path | None = None) -> dict:
     from medtui_engine.runs.events import read_events
     from medtui_engine.runs.jobs import kill_job, launch_job, wait_job
     from medtui_engine.runs.state import fold
@@ -123,7 +145,7 @@ def run_product(recipe: str, model: Path, data: Path, a, out: Path, runs_dir: Pa
 
     spec = TrainSpec(model=str(model), model_label=f"{a.shape} shape (random weights, benchmark)", data=str(data),
                      recipe=recipe, backend=a.backend, max_seq_length=a.max_len, max_steps=a.steps, epochs=1,
-                     warmup_ratio=0.0, lora_r=a.r, lora_alpha=a.r, lora_dropout=0.0, save_every_epoch=False, seed=0)
+                     warmup_ratio=0.0, lora_r=a.r, lora_alpha=a.r, lora_dropout=0.0, save_every_epoch=False, seed=seed)
     # what `medtui train --recipe R --max-steps N ...` gives: these settings explicit, the rest the recipe's
     spec.explicit = ["model", "data", "recipe", "backend", "max_seq_length", "max_steps", "lora_r", "lora_alpha",
                      "lora_dropout", "save_every_epoch", "seed"]
@@ -134,16 +156,22 @@ def run_product(recipe: str, model: Path, data: Path, a, out: Path, runs_dir: Pa
     run_dir = new_run_dir(runs_dir, f"bench-{recipe}")
     spec.write(run_dir)
     t = time.time()
-    pid = launch_job("medtui_engine.train.job", run_dir)
+    env = None
+    if profile_dir is not None:
+        from medtui_engine.train.job import PROFILE_ENV
+
+        env = {**os.environ, PROFILE_ENV: str(profile_dir)}
+    pid = launch_job("medtui_engine.train.job", run_dir, env=env)
     log(f"product {recipe}: job {pid} in {run_dir}")
     finished = wait_job(run_dir, timeout=a.arm_timeout)
     if not finished:
         kill_job(run_dir)  # free the GPU for the next arm
         wait_job(run_dir, timeout=30)
     events = read_events(run_dir / "events.jsonl")
+    tag = recipe if seed == 0 else f"{recipe}_seed{seed}"
     for name in ("events.jsonl", "stdout.log", "spec.json"):
         if (run_dir / name).exists():
-            shutil.copy2(run_dir / name, out / f"product_{recipe}_{name}")
+            shutil.copy2(run_dir / name, out / f"product_{tag}_{name}")
     st = fold(events)
     if not finished:
         raise RuntimeError(f"product {recipe} did not finish within {a.arm_timeout} s")
@@ -153,13 +181,26 @@ def run_product(recipe: str, model: Path, data: Path, a, out: Path, runs_dir: Pa
     begin = next(e for e in events if e["type"] == "train_begin")
     fin = next(e for e in events if e["type"] == "finished")
     probe = next((e for e in events if e["type"] == "fit_probe"), {})
-    t_a, t_b = logs[a.warm]["elapsed_s"], logs[a.steps]["elapsed_s"]
-    timed = a.steps - a.warm
+    skip: set[int] = set()
+    profile = None
+    if profile_dir is not None:
+        from medtui_engine.train.profile import SUMMARY_FILE
+
+        try:
+            profile = json.loads((profile_dir / SUMMARY_FILE).read_text())
+            if profile.get("window"):   # the profiled steps, the profiler's warm-up and the step it writes after
+                skip = set(range(profile["window"][0] - 1, profile["window"][1] + 2))
+        except (OSError, ValueError) as exc:
+            profile = {"error": f"no profile summary: {exc}"}
+    timed, seconds = step_times(logs, a.warm + 1, a.steps, skip)
     samples = begin["micro_batch"] * begin["grad_accum"]
     tokens_per_step = begin["train_tokens"] / begin["num_examples"] * samples
+    resolved = json.loads((run_dir / "spec.json").read_text()).get("resolved_recipe", {})
     return {
-        "recipe": json.loads((run_dir / "spec.json").read_text()).get("resolved_recipe", {}).get("summary"),
-        "tokens_per_s": round(timed * tokens_per_step / (t_b - t_a)), "step_s": round((t_b - t_a) / timed, 3),
+        "recipe": resolved.get("summary"), "batching": resolved.get("batching"), "seed": seed,
+        "timed_steps": timed, "skipped_steps": sorted(skip),
+        "profile": profile, "profile_dir": str(profile_dir) if profile_dir else None,
+        "tokens_per_s": round(timed * tokens_per_step / seconds), "step_s": round(seconds / timed, 3),
         "samples_per_step": samples, "peak_gib": round((fin.get("torch_peak_mib") or 0) / 1024, 2),
         "probe": probe.get("message"), "losses": [logs[s]["loss"] for s in sorted(logs)],
         "wall_s": round(time.time() - t, 1),
@@ -196,6 +237,90 @@ def fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def _stats(diffs: list[float]) -> str:
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return (f"mean {mean:+.4f} (standard error {sd / n ** 0.5:.4f}), sd {sd:.4f}, "
+            f"mean |diff| {sum(abs(d) for d in diffs) / n:.4f}, max |diff| {max(abs(d) for d in diffs):.4f}")
+
+
+def loss_lines(arms: dict) -> list[str]:
+    """The auto and seed arms' losses step by step with their difference, and the noise yardsticks
+    (empty unless both arms logged losses)."""
+    auto = (arms.get("product auto") or {}).get("losses") or []
+    seed = (arms.get("product seed") or {}).get("losses") or []
+    if not auto or not seed:
+        return []
+    noise_name = next((k for k in arms if k.startswith("product auto seed ") and arms[k].get("losses")), None)
+    noise = arms[noise_name]["losses"] if noise_name else []
+    n = min(len(auto), len(seed))
+    head = f"{'step':>4} {'auto':>9} {'seed':>9} {'auto-seed':>10}"
+    if noise:
+        label = "auto s" + noise_name.rsplit(" ", 1)[1]
+        head += f" {label:>9} {label + '-auto':>12}"
+    out = ["", "losses step by step (the same samples in the same order in both arms, seed 0):", head]
+    for i in range(n):
+        line = f"{i + 1:>4} {auto[i]:>9.4f} {seed[i]:>9.4f} {auto[i] - seed[i]:>+10.4f}"
+        if noise and i < len(noise):
+            line += f" {noise[i]:>9.4f} {noise[i] - auto[i]:>+12.4f}"
+        out.append(line)
+    out.append(f"auto - seed over {n} steps: {_stats([auto[i] - seed[i] for i in range(n)])}")
+    for name, xs in (("auto", auto), ("seed", seed)):
+        steps = [abs(xs[i + 1] - xs[i]) for i in range(len(xs) - 1)]
+        if steps:
+            out.append(f"yardstick, {name}'s step-to-step change: median |loss(k+1) - loss(k)| {_median(steps):.4f}")
+    if noise:
+        m = min(n, len(noise))
+        out.append(f"yardstick, {noise_name} - auto (other samples each step, other LoRA init) over {m} steps: "
+                   + _stats([noise[i] - auto[i] for i in range(m)]))
+    if (arms.get("product auto") or {}).get("batching") == "grouped":
+        out.append("CAUTION: the auto arm used length-grouped batches, which reorder the samples: the steps above "
+                   "compare different samples")
+    return out
+
+
+def profile_lines(profile: dict | None, where: str | None) -> list[str]:
+    """The auto arm's profile summary (MEDTUI_TORCH_PROFILE), a few lines."""
+    if not profile:
+        return []
+    out = ["", f"profile of the auto arm ({where}):"]
+    if profile.get("error") or profile.get("note") or profile.get("profile_error"):
+        out.append("  " + str(profile.get("error") or profile.get("note") or profile.get("profile_error")))
+    p = profile.get("profile") or {}
+    mean = p.get("mean") or {}
+    if p:
+        out.append(f"  steps {p.get('steps')}: wall ms {p.get('wall_ms')}; device busy ms {p.get('device_busy_ms')}; "
+                   f"gap (GPU idle) ms {p.get('gap_ms')}")
+        if mean.get("device_busy_ms") is not None:
+            out.append(f"  mean step {mean['wall_ms']:.1f} ms = device busy {mean['device_busy_ms']:.1f} + idle "
+                       f"{mean['gap_ms']:.1f} ms ({mean['gap_ms'] / mean['wall_ms']:.0%}); kernels/step "
+                       f"{p.get('kernels_per_step')}; host waits on the GPU {mean.get('host_sync_wait_ms')} ms/step")
+        fam = p.get("device_ms_per_step_by_family") or {}
+        if fam:
+            out.append("  device ms/step by family: " + ", ".join(f"{k} {v:.1f}" for k, v in fam.items() if v))
+        opt = p.get("optimizer_step") or {}
+        out.append(f"  optimizer step: host ms {opt.get('host_ms')}, device ms {opt.get('device_ms')}")
+        for k in (p.get("top_kernels") or [])[:6]:
+            out.append(f"  {k['device_ms_per_step']:>8.2f} ms/step {k['calls']:>6} calls  [{k['family']}] {k['name'][:90]}")
+    walls = ((profile.get("steps_perf_counter") or {}).get("wall_ms") or {})
+    if walls:
+        out.append("  every step's wall ms (perf_counter): " + " ".join(f"{k}:{v:.0f}" for k, v in walls.items()))
+    calls = ((profile.get("job_overhead") or {}).get("by_call") or {})
+    if calls:
+        out.append("  the job's own work per step (perf_counter, whole run): " + "; ".join(
+            f"{k.split(' (')[0]} {v['per_step_ms']:.2f} ms" for k, v in list(calls.items())[:6]))
+    return out
+
+
 def report(results: dict, a) -> bool:
     arms = results["arms"]
     seed = (arms.get("product seed") or {}).get("tokens_per_s")
@@ -220,8 +345,13 @@ def report(results: dict, a) -> bool:
     auto = arms.get("product auto") or {}
     if auto.get("probe"):
         print(f"auto's {auto['probe']}")
+    if auto.get("skipped_steps"):
+        print(f"auto's tokens/s over {auto.get('timed_steps')} steps: steps {auto['skipped_steps'][0]}-"
+              f"{auto['skipped_steps'][-1]} (profiled, or next to it) left out")
     if best:
         print(f"best bare recipe: {best['recipe']}")
+    for line in loss_lines(arms) + profile_lines(auto.get("profile"), auto.get("profile_dir")):
+        print(line)
     print(f"total {results['total_s']} s; results in {Path(a.out) / 'bench_train.json'}")
     return all("tokens_per_s" in v for v in arms.values())
 
@@ -244,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arm-timeout", type=int, default=240, help="seconds allowed per arm")
     ap.add_argument("--budget", type=int, default=450, help="seconds for the whole benchmark: arms that would not "
                                                             "fit are skipped")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile the auto arm's optimizer steps 5-7 (MEDTUI_TORCH_PROFILE=OUT/profile_auto) and print "
+                         "the summary")
+    ap.add_argument("--noise-seed", type=int, default=None, metavar="N",
+                    help="also run the auto recipe with seed N: a noise yardstick for the step-by-step loss table")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -279,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"data: {results['data']['rows']} cases, mean {results['data']['mean']} tokens, max {results['data']['max']}")
         wanted = {x.strip() for x in a.arms.split(",")}
         plan = [(f"product {r}", r) for r in ("auto", "seed") if r in wanted]
+        if a.noise_seed is not None and "auto" in wanted:
+            plan.append((f"product auto seed {a.noise_seed}", "auto"))
         if "bare" in wanted:
             plan += [(f"bare {s}", s) for s in a.bare.split(",") if s.strip()]
         for name, what in plan:
@@ -288,8 +425,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             a.arm_timeout = min(a.arm_timeout, int(left) - 5)
             try:
-                if name.startswith("product"):
-                    res = run_product(what, model, Path(a.data).resolve(), a, out, cache / "runs")
+                if name.startswith("product auto seed "):
+                    res = run_product(what, model, Path(a.data).resolve(), a, out, cache / "runs", seed=a.noise_seed)
+                elif name.startswith("product"):
+                    prof = (out / "profile_auto").resolve() if a.profile and what == "auto" else None
+                    res = run_product(what, model, Path(a.data).resolve(), a, out, cache / "runs", profile_dir=prof)
                 else:
                     res = run_bare(what, model, rows_file, a, out)
                 log(f"{name}: {res['tokens_per_s']:,} tokens/s, peak {res['peak_gib']} GiB")

@@ -21,6 +21,13 @@ records them as a ``resume_settings`` event; spec.json keeps the run's first set
 
 Test switch: ``MEDTUI_FAULT=oom@K`` in the job's environment raises a CUDA-style out-of-memory
 error (torch.OutOfMemoryError) as optimizer step K begins, on the CPU too. Never active unless set.
+
+Diagnosis switch: ``MEDTUI_TORCH_PROFILE=DIR`` in the job's environment runs torch.profiler over
+optimizer steps 5-7 (step 4 warms it up; a run shorter than 7 steps: steps 2-4 at most) and writes
+device and CPU key_averages tables and ``profile_summary.json`` (wall vs device-busy time per step,
+device time by kernel family, the job's own per-step overhead) to DIR (relative: inside the run
+directory); :mod:`medtui_engine.train.profile` says what each number is. Rank 0 only. A failure of
+the profiler writes ``profile_note.txt`` there and a notice; the run goes on. Never active unless set.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from .resume import RESUME_EVENT, effective_spec, is_oom, oom_advice, oom_messag
 from .spec import TrainSpec
 
 FAULT_ENV = "MEDTUI_FAULT"
+PROFILE_ENV = "MEDTUI_TORCH_PROFILE"
 
 ADAPTER_META = "medtui_adapter.json"
 
@@ -187,6 +195,16 @@ def _fault_callback(step: int):
                     "medtui's test switch)")
 
     return FaultCallback()
+
+
+def _attach_profiler(trainer, out_dir: Path, writer: EventWriter, heartbeat) -> None:
+    """MEDTUI_TORCH_PROFILE: profile a few steps into ``out_dir``; never breaks the run."""
+    try:
+        from .profile import attach
+
+        attach(trainer, out_dir, writer, heartbeat, PROFILE_ENV)
+    except Exception as exc:  # noqa: BLE001 - diagnosis only: say why, train on
+        print(f"{PROFILE_ENV}: not profiling: {type(exc).__name__}: {exc}", flush=True)
 
 
 class Progress:
@@ -500,6 +518,9 @@ def train(run_dir: Path, spec: TrainSpec, backend: str, writer: EventWriter, sto
         eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
         callbacks=callbacks,
     )
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if profile_dir and rank == 0:
+        _attach_profiler(trainer, Path(profile_dir), writer, heartbeat)
     if cuda:  # the loading peak goes into train_begin; the peak reported at the end is training's own
         begin_fields["load_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         torch.cuda.reset_peak_memory_stats()
