@@ -130,15 +130,23 @@ def test_the_evaluations_gpu_batch_gives_the_answers_of_one_case_at_a_time(qwen0
         qs = [CASE, CASE[:9], "女性，45岁，右上腹痛3天，TBil 68μmol/L", CASE + "，既往高血压10年"]
         greedy = SamplingSettings(temperature=0, max_new_tokens=24)
         one = [answer(loaded, q, greedy) for q in qs]
-        assert {r.stats.decode_path for r in one} == {AUTO_GPU_DECODE} == {"fused"}, [r.stats.notes for r in one]
         batch = default_batch(loaded, qs, greedy.max_new_tokens)
-        assert batch == len(qs)
         items = [Item(EvalCase(id=f"c{i}", question=q, reference_diagnosis=None, reference_answer=None), 0, i)
                  for i, q in enumerate(qs)]
         rows = [row for _, row in answer_items(loaded, loaded.source, items, greedy, batch=batch)]
+        same = [r["answer"] == o.output for r, o in zip(rows, one, strict=True)]
+        print(f"\nevaluation batch on the GPU: {batch} cases; one at a time: "
+              f"{[(o.stats.decode_path, o.stats.notes) for o in one]}; batched: "
+              f"{[r['stats']['decode_path'] for r in rows]}; answers equal: {same}")
+        for r, o in zip(rows, one, strict=True):
+            if r["answer"] != o.output:
+                at = next((i for i, (a, b) in enumerate(zip(r["answer"], o.output, strict=False)) if a != b),
+                          min(len(r["answer"]), len(o.output)))
+                print(f"  differ at character {at}: batched {r['answer'][at:at + 40]!r} one {o.output[at:at + 40]!r}")
+        assert AUTO_GPU_DECODE == "fused"  # (should compiling be refused in float32, the graph runs, saying why)
+        assert all(o.stats.decode_path == "fused" or (o.stats.decode_path == "graph" and o.stats.notes) for o in one)
+        assert batch == len(qs)
         assert [r["stats"]["decode_path"] for r in rows] == [f"batched ({len(qs)}, compiled)"] * len(qs)
-        print(f"\nevaluation batch on the GPU: {batch} cases; answers equal one at a time: "
-              f"{[r['answer'] == o.output for r, o in zip(rows, one, strict=True)]}")
         assert [r["answer"] for r in rows] == [o.output for o in one]
     finally:
         loaded.unload()
