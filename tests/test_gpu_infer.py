@@ -124,7 +124,7 @@ def test_the_evaluations_gpu_batch_gives_the_answers_of_one_case_at_a_time(qwen0
     from medtui_engine.evaluate.runner import Item, answer_items, default_batch
     from medtui_engine.infer.stream import AUTO_GPU_DECODE
 
-    loaded = load_model(resolve_source(str(qwen05_model)), LoadOptions(backend="hf", dtype="float32"))
+    loaded = load_model(resolve_source(str(qwen05_model)), LoadOptions(backend="hf", dtype="fp32"))
     try:
         assert loaded.device == "cuda" and loaded.dtype == "float32"
         qs = [CASE, CASE[:9], "女性，45岁，右上腹痛3天，TBil 68μmol/L", CASE + "，既往高血压10年"]

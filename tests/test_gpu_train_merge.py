@@ -45,7 +45,7 @@ def trained(qwen05_model: Path, gpu_workspace: Path):
     def get(backend: str) -> Path:
         if backend not in runs:
             p = medtui("train", "--data", str(DATA), "--model", str(qwen05_model), "--backend", backend,
-                       "--name", f"gpu-{backend}", "--limit-rows", "8", "--max-steps", str(STEPS), "--epochs", "1",
+                       "--name", f"gpu-{backend}", "--4bit", "--limit-rows", "8", "--max-steps", str(STEPS), "--epochs", "1",
                        "--max-seq-length", "256", "--micro-batch", "1", "--grad-accum", "2", "--lr", "5e-3",
                        "--warmup-ratio", "0", "--lora-r", "16", "--lora-alpha", "32", "--heartbeat", "1",
                        workspace=gpu_workspace)
