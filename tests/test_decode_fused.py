@@ -91,3 +91,37 @@ def test_a_compiled_step_that_fails_its_check_is_not_used(cpu_demo, eager_answer
     [note] = [n for n in r.stats.notes if n.startswith(COMPILE_OFF)]
     assert "the compiled step failed its check: the captured step differs from eager by 0.5" in note, note
     assert dec.captures == 1 and dec.check.ok and dec.check.captured_vs_eager < 1e-3
+
+
+def test_a_session_prepares_the_compiled_step_before_its_first_answer(cpu_demo, eager_answers) -> None:
+    """``warm_up`` (the console, after loading): compiles, captures and checks the step with a two-token
+    answer, so the first real answer neither compiles nor captures again; where nothing compiles it does
+    nothing."""
+    from medtui_engine.infer.stream import needs_warm_up, warm_up
+
+    cpu_demo.decoder = None
+    assert pick_decode(cpu_demo, "auto") == "eager" and not needs_warm_up(cpu_demo) and warm_up(cpu_demo) is None
+    dec = _fused(cpu_demo, "aot_eager")
+    assert needs_warm_up(cpu_demo, "fused")
+    said = warm_up(cpu_demo, "fused")
+    assert said is not None and said.startswith("decode step compiled and checked in"), said
+    assert dec.captures == 1 and dec.compiled is not None and not needs_warm_up(cpu_demo, "fused")
+    assert warm_up(cpu_demo, "fused") is None  # prepared once
+    r = answer(cpu_demo, CASE, GREEDY, decode="fused", ignore_eos=True)
+    assert r.output == eager_answers[CASE] and r.stats.decode_path == "fused" and not r.stats.notes
+    assert dec.captures == 1
+
+
+def test_auto_on_a_gpu_compiles_for_sessions_and_not_for_one_answer(cpu_demo) -> None:
+    """``auto`` on a GPU: the fused step where many answers repay its compile (console, evaluation), the plain
+    CUDA graph for a process that answers once (``medtui ask``). (The model's device is relabelled: only
+    the choice is under test; the GPU tier runs both paths on CUDA.)"""
+    import dataclasses
+
+    from medtui_engine.infer.stream import AUTO_GPU_DECODE, AUTO_GPU_DECODE_ONE_ANSWER
+
+    on_gpu = dataclasses.replace(cpu_demo, device="cuda", decoder=None)
+    assert pick_decode(on_gpu, "auto") == AUTO_GPU_DECODE == "fused"
+    assert pick_decode(on_gpu, "auto", one_answer=True) == AUTO_GPU_DECODE_ONE_ANSWER == "graph"
+    assert pick_decode(on_gpu, "fused", one_answer=True) == "fused"  # asked for by name: kept
+    assert pick_decode(cpu_demo, "auto", one_answer=True) == "eager"

@@ -227,6 +227,7 @@ class ConsoleScreen(Screen):
         side: str
         loaded: LoadedModel
         gpu: str
+        warmed: str | None = None  # what preparing the decode step did, if it had to
 
     @dataclass
     class LoadFailed(Message):
@@ -384,6 +385,7 @@ class ConsoleScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="console-load")
     def _load_worker(self, plan: list[tuple[str, ModelSource]], options: LoadOptions) -> None:
         from medtui_engine.infer.loader import load_model  # imports torch on first use: seconds
+        from medtui_engine.infer.stream import WARM_UP_NOTE, needs_warm_up, warm_up
 
         for side, source in plan:
             try:
@@ -392,7 +394,14 @@ class ConsoleScreen(Screen):
             except Exception as exc:  # UserError or a library's own: shown, never a crash
                 self.post_message(self.LoadFailed(side, _error_text(exc)))
                 return
-            self.post_message(self.Loaded(side, loaded, _gpu_text()))
+            warmed = None
+            if needs_warm_up(loaded):  # a session answers many cases: its compiled step is prepared first
+                self.post_message(self.LoadProgress(side, WARM_UP_NOTE, 1.0))
+                try:
+                    warmed = warm_up(loaded)
+                except Exception as exc:  # an optimisation: the answers go on without it
+                    warmed = f"decode step not prepared: {_error_text(exc)}"
+            self.post_message(self.Loaded(side, loaded, _gpu_text(), warmed))
 
     def on_console_screen_load_progress(self, msg: LoadProgress) -> None:
         who = "base" if msg.side == BASE else "model"
@@ -401,7 +410,8 @@ class ConsoleScreen(Screen):
     def on_console_screen_loaded(self, msg: Loaded) -> None:
         self.models[msg.side] = msg.loaded
         self._view(msg.side).set_model(msg.loaded.label, msg.loaded.describe())
-        notes = f" · {'; '.join(msg.loaded.notes)}" if msg.loaded.notes else ""
+        notes = f" · {'; '.join([*msg.loaded.notes, *([msg.warmed] if msg.warmed else [])])}" if (
+            msg.loaded.notes or msg.warmed) else ""
         self._show_model(f"loaded {msg.loaded.label} in {msg.loaded.load_s:.1f} s · {msg.gpu}{notes}")
         if all(side in self.models for side in ([TUNED, BASE] if self.compare else [TUNED])):
             self.state = "idle"

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("engine")
     e.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: transformers with medtui's CUDA-graph decode loop (fastest measured); unsloth: Unsloth's fast inference")
     e.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load the weights in 4-bit (GPU only)")
-    e.add_argument("--decode", choices=DECODE_MODES, default="auto", help="transformers decode path (auto: CUDA graph on a GPU)")
+    e.add_argument("--decode", choices=DECODE_MODES, default="auto", help="transformers decode path (auto: on a GPU the CUDA-graph loop; its compiled form, "
+                   "fused, repays its compile only over many answers: the console and evaluations)")
     parser.add_argument("--save", action="store_true", help="also save a transcript (Markdown + JSONL) in the workspace")
     add_common(parser)
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         cancel = threading.Event()
         result = None
         try:
-            for ev in stream_answer(loaded, question, settings, cancel, decode=args.decode):
+            for ev in stream_answer(loaded, question, settings, cancel, decode=args.decode, one_answer=True):
                 if isinstance(ev, StreamChunk):
                     if not args.json and ev.text:
                         sys.stdout.write(ev.text)

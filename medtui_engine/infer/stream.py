@@ -52,6 +52,11 @@ DECODE_MODES = ("auto", "graph", "fused", "compiled", "eager", "generate")
 # compiled 122.9 (transformers' own static cache + torch.compile, bare, 135.6); the first answer of a
 # loaded model compiles the step (~25 s there), and falls back to the plain graph with a note if it must.
 AUTO_GPU_DECODE = "fused"
+# ``auto`` where a process answers once (``medtui ask``): compiling the fused step costs more than it saves
+# over a single answer (the H200 figures above: ~25 s of compiling against ~1.7 s saved on 1,024 tokens).
+AUTO_GPU_DECODE_ONE_ANSWER = "graph"
+WARM_UP_CASE = "warm-up"  # what the warm-up asks (two tokens, thrown away)
+WARM_UP_NOTE = "compiling the decode step for full-speed answers (once per loaded model; ~25 s for a 7B model on an H200)"
 # transformers' static-cache decode step compiled as its documentation recommends (and as the bench's bare
 # reference compiles it): CUDA graphs (reduce-overhead), the whole step one graph
 COMPILE_CONFIG = {"fullgraph": True, "mode": "reduce-overhead"}
@@ -176,13 +181,17 @@ def build_prompt(loaded: LoadedModel, question: str) -> str:
     return render_prompt(loaded.source.template, question, loaded.tokenizer)
 
 
-def pick_decode(loaded: LoadedModel, decode: str) -> str:
+def pick_decode(loaded: LoadedModel, decode: str, one_answer: bool = False) -> str:
+    """The decode path ``decode`` means for ``loaded``; ``one_answer``: the process answers once (``auto``
+    then skips the compile that only later answers would repay)."""
     if decode not in DECODE_MODES:
         raise UserError(f"unknown decode mode {decode!r}: choose one of {', '.join(DECODE_MODES)}")
     if loaded.backend == "unsloth":
         return "generate"  # Unsloth's fast path lives behind its patched generate
     if decode == "auto":
-        return AUTO_GPU_DECODE if loaded.device == "cuda" else "eager"
+        if loaded.device != "cuda":
+            return "eager"
+        return AUTO_GPU_DECODE_ONE_ANSWER if one_answer else AUTO_GPU_DECODE
     if decode in ("graph", "fused") and loaded.device != "cuda":  # the CPU: only with a stand-in for CUDA graphs
         dec = loaded.decoder
         stand_in = isinstance(dec, StaticDecoder) and dec.use_graph and dec.compile_step == (decode == "fused")
@@ -192,16 +201,18 @@ def pick_decode(loaded: LoadedModel, decode: str) -> str:
 
 def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings | None = None,
                   cancel: threading.Event | None = None, *, ignore_eos: bool = False,
-                  decode: str = "auto", prompt: str | None = None) -> Iterator[StreamChunk | StreamDone]:
+                  decode: str = "auto", prompt: str | None = None,
+                  one_answer: bool = False) -> Iterator[StreamChunk | StreamDone]:
     """Ask ``loaded`` one case. Yields ``StreamChunk`` per token with text, then one ``StreamDone``.
 
-    ``ignore_eos`` keeps generating to ``max_new_tokens`` (benchmarks on random weights).
+    ``ignore_eos`` keeps generating to ``max_new_tokens`` (benchmarks on random weights); ``one_answer``:
+    the only answer this process gives (``pick_decode``).
     """
     settings = (settings or SamplingSettings()).checked()
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()
     prompt = prompt if prompt is not None else build_prompt(loaded, question)
-    path = pick_decode(loaded, decode)
+    path = pick_decode(loaded, decode, one_answer)
 
     enc = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     input_ids = enc["input_ids"].to(loaded.device)
@@ -294,6 +305,31 @@ def repetition_penalty_note(settings: SamplingSettings, model) -> str | None:
         if value != 1.0:
             return f"repetition penalty {value:g} (the model's generation config)"
     return None
+
+
+def needs_warm_up(loaded: LoadedModel, decode: str = "auto") -> bool:
+    """Whether :func:`warm_up` has work to do: ``decode`` compiles the step and it is not compiled yet."""
+    if pick_decode(loaded, decode) != "fused":
+        return False
+    dec = loaded.decoder
+    return not (isinstance(dec, StaticDecoder) and dec.compile_step and (dec.compiled is not None or dec.compile_failed))
+
+
+def warm_up(loaded: LoadedModel, decode: str = "auto") -> str | None:
+    """Prepare the decode path of a session that will answer many cases (the console) before its first
+    answer: where ``decode`` compiles the step (``fused``), compile, capture and check it now, with a
+    two-token answer, so that the first real answer starts at full speed. Returns a line saying what was
+    done (or why the step was not compiled), None where the path needs no preparing."""
+    if not needs_warm_up(loaded, decode):
+        return None
+    t0 = time.perf_counter()
+    r = answer(loaded, WARM_UP_CASE, SamplingSettings(temperature=0, max_new_tokens=2), ignore_eos=True,
+               decode=decode)
+    took = time.perf_counter() - t0
+    if r.stats.decode_path == "fused":
+        return f"decode step compiled and checked in {took:.0f} s"
+    refused = [n for n in r.stats.notes if n != FIRST_COMPILE]
+    return "; ".join(refused) or f"decoding on the {r.stats.decode_path} path"
 
 
 def answer(loaded: LoadedModel, question: str, settings: SamplingSettings | None = None, **kw) -> GenerationResult:
