@@ -18,6 +18,11 @@ ENV_WORKSPACE = "MEDTUI_WORKSPACE"
 ENV_HOME = "MEDTUI_HOME"
 ENV_CONFIG = "MEDTUI_CONFIG"
 
+# Files medtui writes beside a model: the training job's note on the final adapter (base model, template,
+# backend, step, what was loaded), and a merged model's provenance (run, adapter, verification).
+ADAPTER_META = "medtui_adapter.json"
+PROVENANCE_FILE = "medtui.json"
+
 # Subdirectories of a workspace and what lives in each.
 WORKSPACE_LAYOUT = {
     "runs": "training runs: spec.json, events.jsonl, checkpoints, adapter",

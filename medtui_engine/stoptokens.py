@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .paths import PROVENANCE_FILE
 from .templates import TEMPLATES, TemplateError, eos_text
 
 # Tokens a Qwen-family runtime may end an answer with; a merged model's generation config lists the
@@ -262,7 +263,7 @@ def templates_for_dir(model_dir: Path, tokenizer=None, preferred: str | None = N
     """The templates a model directory can be used with: the one its medtui.json records (a merged
     model), else ``preferred`` and, where the tokenizer has a chat template, ``chat`` too."""
     try:
-        recorded = json.loads((Path(model_dir) / "medtui.json").read_text(encoding="utf-8")).get("template")
+        recorded = json.loads((Path(model_dir) / PROVENANCE_FILE).read_text(encoding="utf-8")).get("template")
     except (OSError, ValueError, AttributeError):
         recorded = None
     if recorded in TEMPLATES:

@@ -13,14 +13,13 @@ from pathlib import Path
 
 from ..demo import DEMO_LABEL, is_demo_model, model_label, resolve_model
 from ..errors import UserError
+from ..paths import ADAPTER_META, PROVENANCE_FILE
 from ..runs.store import run_adapter
 from ..templates import TEMPLATES
 
 DEFAULT_TEMPLATE = "seed"
-PROVENANCE_FILE = "medtui.json"
 SPEC_FILE = "spec.json"
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_META = "medtui_adapter.json"   # written beside the final adapter by the training job
 
 # Keys a run's spec.json may use for its base model (the training engine's TrainSpec uses one of these).
 _SPEC_MODEL_KEYS = ("model", "base_model", "model_path", "model_dir", "model_name_or_path")

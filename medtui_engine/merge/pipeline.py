@@ -15,10 +15,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
+from ..paths import PROVENANCE_FILE
 from .card import write_card
 from .core import file_hashes, write_adapter_export, write_model
 from .gguf_export import parse_types
-from .plan import OWNER_FILE, PROVENANCE, MergePlan, claim_partial, partial_dir_for, stale_partials
+from .plan import OWNER_FILE, MergePlan, claim_partial, partial_dir_for, stale_partials
 from .serve import served_name, vllm_command
 from .stfiles import fsync_tree
 from .verify import verify, verify_adapter_export
@@ -146,7 +147,7 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
             prov["warnings"].append(f"GGUF: {gguf_entry.get('why')}")
         fsync_tree(tmp)
         # medtui.json last: a directory without it was never finished
-        with open(tmp / PROVENANCE, "w", encoding="utf-8") as fh:
+        with open(tmp / PROVENANCE_FILE, "w", encoding="utf-8") as fh:
             json.dump(prov, fh, indent=2, ensure_ascii=False)
             fh.flush()
             os.fsync(fh.fileno())

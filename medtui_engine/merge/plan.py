@@ -17,13 +17,12 @@ from pathlib import Path
 
 from ..demo import is_demo_model, model_label, resolve_model
 from ..errors import UserError
+from ..paths import ADAPTER_META
 from ..runs.store import checkpoint_step, newest_adapter_checkpoint
 from .adapter import AdapterInfo, check_against_base, is_adapter_dir, read_adapter
 from .stfiles import SafetensorsError, model_tensors
 
 DTYPES = ("bf16", "fp16")
-ADAPTER_META = "medtui_adapter.json"   # written beside the final adapter by the training job
-PROVENANCE = "medtui.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 # headroom over the estimate: config/index/provenance files and filesystem slack

@@ -49,7 +49,7 @@ from pathlib import Path
 # Before anything that could import transformers & co: offline, and Unsloth's compile cache out
 # of the working directory.
 from ..offline import apply_offline, skip_cuda_only_packages
-from ..paths import home_dir
+from ..paths import ADAPTER_META, home_dir
 from ..runs.events import EventWriter
 from ..runs.jobs import STOP_FILE, proc_start_time
 from ..runs.store import ADAPTER_DIR, CHECKPOINTS_DIR, EVENTS_FILE, newest_checkpoint
@@ -59,7 +59,6 @@ from .spec import TrainSpec
 FAULT_ENV = "MEDTUI_FAULT"
 PROFILE_ENV = "MEDTUI_TORCH_PROFILE"
 
-ADAPTER_META = "medtui_adapter.json"
 
 
 def _versions() -> dict:
