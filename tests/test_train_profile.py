@@ -47,7 +47,9 @@ def _data(path: Path) -> Path:
 def _start(ws: Path, data: Path, batch: list[str], **env: str) -> Path:
     r = subprocess.run([sys.executable, "-m", "medtui_engine.cli", "train", "--data", str(data), *COMMON, *batch,
                         "--detach", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**os.environ, "MEDTUI_WORKSPACE": str(ws), **env})
+                       # on the CPU on any machine: four jobs at once, and the padded/padding-free losses compared
+                       # at float32 (a GPU box would run them one GPU job at a time, in bf16)
+                       env={**os.environ, "MEDTUI_WORKSPACE": str(ws), "CUDA_VISIBLE_DEVICES": "", **env})
     assert r.returncode == 0, r.stdout + r.stderr
     return Path(json.loads(r.stdout)["run_dir"])
 
