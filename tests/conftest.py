@@ -9,7 +9,6 @@ fails, never skips, when it is selected on a machine without CUDA.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -57,16 +56,9 @@ def demo_model(medtui_home: Path) -> Path:
 def cpu_demo(demo_model):
     """The demo model loaded by the product, on the CPU (on a GPU machine: the same model in fp32 on the CPU),
     for the decode paths' CPU tests (the CUDA graph stood in by EagerReplay)."""
-    from medtui_engine.infer import load_model, resolve_source
+    from helpers import load_on_cpu
 
-    loaded = load_model(resolve_source("demo"))
-    if loaded.device != "cpu":
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(loaded.source.model_dir), dtype=torch.float32).eval()
-        loaded = dataclasses.replace(loaded, model=model, device="cpu", dtype="float32", gpu_mem_mib=None, decoder=None)
-    return loaded
+    return load_on_cpu("demo")
 
 
 @pytest.fixture(scope="session")

@@ -144,3 +144,23 @@ TRAIN_JOBS = pytest.mark.xdist_group("train-jobs") if nvidia_gpus() else pytest.
 # On a loaded 2-core machine (two xdist workers, each starting jobs) spinning threads burn most of the CPU
 # time: a training step of the real small model took 30 CPU-seconds with spinning, 5.7 without.
 CPU_JOB_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def load_on_cpu(arg: str):
+    """A model loaded by the product (``arg`` as ``medtui ask`` takes it), on the CPU in float32 on any
+    machine: on a GPU machine the product loads it on the GPU, so the same weights are loaded again on the
+    CPU and the GPU copy is let go. For tests of the CPU decode paths, whose answers are compared exactly."""
+    import dataclasses
+
+    from medtui_engine.infer import load_model, resolve_source
+
+    loaded = load_model(resolve_source(arg))
+    if loaded.device == "cpu":
+        return loaded
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(loaded.source.model_dir), dtype=torch.float32).eval()
+    on_cpu = dataclasses.replace(loaded, model=model, device="cpu", dtype="float32", gpu_mem_mib=None, decoder=None)
+    loaded.unload()
+    return on_cpu
