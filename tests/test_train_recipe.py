@@ -248,10 +248,14 @@ async def test_the_train_form_shows_the_recipe_with_the_estimate(workspace, demo
     async with app.run_test(size=(100, 40)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen.ready, "the form")
         screen = app.screen
+        fit = screen.query_one("#train-fit")
+        # before any edit: the default setting's recipe and fit, the entries showing the recipe's choices
+        await wait_until(pilot, lambda: "Recipe:" in str(fit.render()), "the recipe before any edit", 60)
+        first, _ = preview_recipe(screen.current_spec())
+        assert first.summary() in str(fit.render()) and screen.query_one("#row-grad_accum").has_class("-recipe")
         screen.query_one("#f-micro_batch").value = "2"   # as a user would: kept by the recipe
         await pilot.press("ctrl+e")
-        fit = screen.query_one("#train-fit")
-        await wait_until(pilot, lambda: "Recipe:" in str(fit.render()), "the recipe", 60)
+        await wait_until(pilot, lambda: "Micro-batch 2 as asked" in str(fit.render()), "the recipe", 60)
         text = str(fit.render())
         expected, _ = preview_recipe(screen.current_spec())
         assert expected.summary() in text and all(r in text for r in expected.reasons)

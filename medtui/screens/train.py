@@ -59,6 +59,7 @@ class TrainScreen(Screen):
 
         text: Text
         recipe: dict   # the settings the recipe chose (the form shows those the user left to it)
+        spec: TrainSpec | None = None  # the setting it was made for (a newer edit makes it stale)
 
     @dataclass
     class Launched(Message):
@@ -107,6 +108,7 @@ class TrainScreen(Screen):
     def on_mount(self) -> None:
         self.form.fill(default_spec(self.app.ctx))
         self.query_one("#train-fit", Static).update(Text("Will it fit? press ctrl+e", style="dim"))
+        self._fit_timer = self.set_timer(0.8, self.action_estimate)  # the recipe shown before any edit
 
     def on_screen_resume(self) -> None:
         params = self.app.take_params("train")
@@ -161,10 +163,12 @@ class TrainScreen(Screen):
         text.append("\nRecipe: ", style="bold")
         text.append(recipe.text())
         text.append("\n  Settings in italics are the recipe's choice; change one to keep your own.", style="dim")
-        self.post_message(self.FitDone(text, recipe.settings()))
+        self.post_message(self.FitDone(text, recipe.settings(), spec))
 
     @on(FitDone)
     def _fit_done(self, message: FitDone) -> None:
+        if message.spec is not None and message.spec != self.current_spec():
+            return  # made for a setting edited since: the estimate of the new one follows
         self.query_one("#train-fit", Static).update(message.text)
         self.form.show_recipe(message.recipe)
 
