@@ -60,7 +60,6 @@ FAULT_ENV = "MEDTUI_FAULT"
 PROFILE_ENV = "MEDTUI_TORCH_PROFILE"
 
 
-
 def _versions() -> dict:
     out = {"python": sys.version.split()[0]}
     for name in ("medtui", "torch", "transformers", "trl", "peft", "datasets", "unsloth", "bitsandbytes", "accelerate"):
