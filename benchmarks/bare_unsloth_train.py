@@ -24,6 +24,7 @@ ap.add_argument("--steps", type=int, default=12)
 ap.add_argument("--warm", type=int, default=3)
 ap.add_argument("--max-len", type=int, default=4096)
 ap.add_argument("--r", type=int, default=32)
+ap.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (the seed's code: 0.05)")
 a = ap.parse_args()
 
 from unsloth import FastLanguageModel  # noqa: E402  (before trl / transformers, as Unsloth asks)
@@ -36,7 +37,7 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 model, tok = FastLanguageModel.from_pretrained(model_name=a.model, max_seq_length=a.max_len, dtype=torch.bfloat16,
                                                load_in_4bit=a.bits == 4, local_files_only=True)
-model = FastLanguageModel.get_peft_model(model, r=a.r, lora_alpha=a.r, lora_dropout=0.0, target_modules=targets,
+model = FastLanguageModel.get_peft_model(model, r=a.r, lora_alpha=a.r, lora_dropout=a.dropout, target_modules=targets,
                                          use_gradient_checkpointing="unsloth" if a.ckpt == "true" else False,
                                          random_state=0, max_seq_length=a.max_len)
 rows = [r[: a.max_len] for r in json.load(open(a.rows))]

@@ -146,10 +146,11 @@ def run_product(recipe: str, model: Path, data: Path, a, out: Path, runs_dir: Pa
 
     spec = TrainSpec(model=str(model), model_label=f"{a.shape} shape (random weights, benchmark)", data=str(data),
                      recipe=recipe, backend=a.backend, max_seq_length=a.max_len, max_steps=a.steps, epochs=1,
-                     warmup_ratio=0.0, lora_r=a.r, lora_alpha=a.r, lora_dropout=0.0, save_every_epoch=False, seed=seed)
-    # what `medtui train --recipe R --max-steps N ...` gives: these settings explicit, the rest the recipe's
+                     warmup_ratio=0.0, lora_r=a.r, lora_alpha=a.r, save_every_epoch=False, seed=seed)
+    # what `medtui train --recipe R --max-steps N ...` gives: these settings explicit, the rest the recipe's (and the
+    # product's defaults: LoRA dropout 0.05, the seed's)
     spec.explicit = ["model", "data", "recipe", "backend", "max_seq_length", "max_steps", "lora_r", "lora_alpha",
-                     "lora_dropout", "save_every_epoch", "seed"]
+                     "save_every_epoch", "seed"]
     spec = prepare_spec(spec)
     chosen = resolve_recipe(spec)
     log(f"product {recipe}: {chosen.summary()}")
@@ -214,7 +215,8 @@ def run_bare(spec: str, model: Path, rows: Path, a, out: Path) -> dict:
     script = Path(__file__).resolve().parent / "bare_unsloth_train.py"
     cmd = [sys.executable, str(script), "--model", str(model), "--rows", str(rows), "--bs", str(bs), "--ga", str(ga),
            "--bits", bits, "--pf", "true" if batching == "pf" else "false", "--ckpt", "true" if ckpt == "ckpt" else "false",
-           "--steps", str(a.steps), "--warm", str(a.warm), "--max-len", str(a.max_len), "--r", str(a.r)]
+           "--steps", str(a.steps), "--warm", str(a.warm), "--max-len", str(a.max_len), "--r", str(a.r),
+           "--dropout", "0.05" if spec == SEED_BARE else "0"]  # the seed's code: 0.05; the reference recipes: 0
     env = dict(os.environ)   # no medtui on its path: drop the repository from PYTHONPATH, keep the rest
     repo = Path(__file__).resolve().parents[1]
     keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != repo]
