@@ -521,3 +521,30 @@ def test_the_tui_styles_rows_by_severity_with_the_engines_words():
     assert rows_text([Row("A", "1"), problem]).plain.splitlines()[0] == "A       1"
     assert sentence_text(problem).plain == sentence(problem) and str(sentence_text(problem).style) == "red"
     assert str(sentence_text(Row("", "stopped", Severity.INFO)).style) == "italic"
+
+
+ENV_JOB = '''
+import json, os, sys
+keys = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "UNSLOTH_DISABLE_STATISTICS", "OMP_WAIT_POLICY")
+with open(os.path.join(sys.argv[1], "env.json"), "w") as fh:
+    json.dump({k: os.environ.get(k) for k in keys}, fh)
+'''
+
+
+@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
+def test_a_job_starts_offline_with_passive_openmp_waits_unless_the_user_set_them(tmp_path: Path, user_policy):
+    """A real detached process: the offline variables always; OMP_WAIT_POLICY=PASSIVE only where the
+    user's environment says nothing (theirs is kept)."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "medtui_test_env_job.py").write_text(ENV_JOB)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "HF_HUB_OFFLINE")}
+    env["PYTHONPATH"] = str(mods)
+    if user_policy:
+        env["OMP_WAIT_POLICY"] = user_policy
+    job_dir = tmp_path / "job"
+    launch_job("medtui_test_env_job", job_dir, env=env)
+    assert wait_job(job_dir, timeout=60)
+    seen = json.loads((job_dir / "env.json").read_text())
+    assert seen == {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "UNSLOTH_DISABLE_STATISTICS": "1",
+                    "OMP_WAIT_POLICY": user_policy or "PASSIVE"}
