@@ -508,11 +508,13 @@ def write_gguf(model_dir: Path, path: Path, gtype: str, *, template: str, name: 
 # ------------------------------------------------------------------------------- export
 
 def export(model_dir: Path, types: list[str], *, template: str, name: str, out_dir: Path | None = None,
-           install_dir: Path | None = None, emit=None, verify: bool = True, log_path: Path | None = None) -> dict:
+           install_dir: Path | None = None, emit=None, verify: bool = True, log_path: Path | None = None,
+           tokenizer=None) -> dict:
     """Write every requested GGUF with its Modelfile into ``out_dir`` (``MODEL_DIR/gguf``), verify them
     in a fresh process, and return the ``gguf`` entry of ``medtui.json``. ``install_dir`` is where
     ``model_dir`` will live once installed (the paths in the ``ollama create`` commands). A file that
-    fails verification is removed (with its Modelfile) and the entry says why."""
+    fails verification is removed (with its Modelfile) and the entry says why. ``tokenizer``: the one of
+    ``model_dir`` where the caller has read it already."""
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -521,7 +523,8 @@ def export(model_dir: Path, types: list[str], *, template: str, name: str, out_d
         else out_dir
     check_exportable(model_dir)
     check_template(template)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     generation = {}
     try:
         generation = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
