@@ -74,10 +74,13 @@ def _cached_ok(path: Path) -> bool:
 def build_real_model(out: Path, gguf: Path | None = None) -> Path:
     """Convert the GGUF into ``out`` (dequantized to bf16; via a temporary directory renamed when complete)."""
     gguf = gguf or find_gguf()
+    from .merge.gguf_export import one_read_per_file
+
     quiet = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's progress bar ignores transformers' switch
     try:
-        return _build(out, gguf)
+        with one_read_per_file():  # the tokenizer and the weights read the file's header once
+            return _build(out, gguf)
     finally:
         if quiet is None:
             os.environ.pop("TQDM_DISABLE", None)

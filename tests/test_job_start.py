@@ -47,3 +47,34 @@ def test_once_transformers_is_imported_nothing_is_marked():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads(p.stdout.strip().splitlines()[-1]) == []
+
+
+STOPTOKENS = ("import json, sys; from medtui_engine.stoptokens import main; main(sys.argv[1:]); "
+              "print(json.dumps(sorted(m for m in ('torch', 'transformers') if sys.modules.get(m) is not None)))")
+
+
+def test_the_stop_token_reading_imports_no_torch_and_reads_what_a_torch_process_reads(demo_model, tmp_path):
+    """`medtui check --model` reads a model's stop tokens in a subprocess: with torch marked absent there
+    (a tokenizer needs none), with the very contract this process (torch importable) reads."""
+    from transformers import AutoTokenizer
+
+    from medtui_engine.envcheck import stop_token_lines
+    from medtui_engine.stoptokens import contract_for_dir, templates_for_dir
+
+    p = subprocess.run([sys.executable, "-c", STOPTOKENS, str(demo_model)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    contracts, imported = (json.loads(line) for line in p.stdout.strip().splitlines()[-2:])
+    assert imported == ["transformers"] and "PyTorch was not found" not in p.stderr
+    tok = AutoTokenizer.from_pretrained(str(demo_model))
+    assert [c["template"] for c in contracts] == ["seed", "chat"]
+    assert contracts == [contract_for_dir(demo_model, t, tok).as_dict() for t in templates_for_dir(demo_model, tok)]
+
+    # a tokenizer that does not load without torch is read again in a process with torch; one that does not
+    # load at all is named as before, with the error of that second try
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "qwen3"}')
+    (broken / "tokenizer_config.json").write_text("not json")
+    (line,) = stop_token_lines(broken)
+    assert line.verdict == "warning" and line.value.startswith(f"cannot read the tokenizer of {broken}: ")
+    assert "JSONDecodeError" in line.value

@@ -28,7 +28,10 @@ pytestmark = [pytest.mark.slow, TRAIN_JOBS]
 
 # The fine-tune is conftest's real_fine_tune_plain (REAL_TRAIN_ARGS there, as the memorization probe's but
 # with no canaries); its base and tuned answers are read on held-out cases with greedy decoding and 48 new tokens
-# (room for the answer's first section after its empty think block).
+# (room for the answer's first section after its empty think block). The 4 cases are decoded as one batch
+# (`--batch`, the product's batched path: the same greedy answers as one at a time, test_eval_job and
+# test_infer_batch): on a CPU, decoding reads every weight once a token, whether for one case or four (the
+# eval job of a fine-tune like this one: 42.6 -> 27.5 CPU-seconds on the 2-core VM, the same 8 answers).
 EVAL_CASES, EVAL_TOKENS = 4, 48
 ENGLISH = "The capital of France is Paris. Water boils at one hundred degrees Celsius at sea level."
 
@@ -109,7 +112,8 @@ def test_cpu_fine_tune_raises_the_section_rates(real_fine_tune_plain, workspace:
 
     t1 = time.perf_counter()
     r = medtui("eval", "--model", str(run), "--base", "auto", "--cases", str(EVAL), "--limit", str(EVAL_CASES),
-               "--temperature", "0", "--max-new-tokens", str(EVAL_TOKENS), "--json", env={**os.environ, **CPU_JOB_ENV})
+               "--temperature", "0", "--max-new-tokens", str(EVAL_TOKENS), "--batch", str(EVAL_CASES), "--json",
+               env={**os.environ, **CPU_JOB_ENV})
     eval_s = time.perf_counter() - t1
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     where = Path(json.loads(r.stdout)["report_dir"])

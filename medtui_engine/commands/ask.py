@@ -77,6 +77,7 @@ def _read_case(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..infer import LoadOptions, StreamChunk, StreamDone, load_model, resolve_source, stream_answer
+    from ..offline import skip_cuda_only_packages
     from ..sections import SECTION_LABELS, find_sections
 
     ctx = load_context(args.workspace, args.config)
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         other = other.with_template(tuned.template) if other.template != tuned.template else other
         sources = [("tuned", tuned), ("base" if args.compare == "base" else "compare", other)]
     options = LoadOptions(backend=args.backend, load_in_4bit=args.load_in_4bit)
+    skip_cuda_only_packages()   # this process loads a model and ends: on a machine without CUDA, a faster start
     err = sys.stderr
     if not args.json:
         print(DISCLAIMER, file=err)

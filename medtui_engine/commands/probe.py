@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..context import load_context
+    from ..offline import skip_cuda_only_packages
     from ..privacy.probe import probe_rows, reproduced_any, resolve_inputs, run_probe, write_probe
     from ..rows import format_rows
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                             data_file=args.data, fields=(args.field_question, args.field_cot, args.field_response),
                             template=args.template)
     progress = None if args.json else (lambda m: print(f"  ... {m}", file=sys.stderr, flush=True))
+    skip_cuda_only_packages()   # this process loads a model and ends: on a machine without CUDA, a faster start
     result = run_probe(inputs, limit=args.limit, progress=progress)
     if args.out:
         out = Path(args.out).expanduser()

@@ -242,13 +242,12 @@ def stop_ids(tokenizer, template: str, base_config_eos=None) -> tuple[list[int],
     return ids, pad
 
 
-def write_generation_config(plan: MergePlan, tmp: Path) -> dict:
-    """generation_config.json: the base's settings with EOS/pad ids that keep the stop-token contract."""
-    from transformers import AutoTokenizer
-
+def write_generation_config(plan: MergePlan, tmp: Path, tokenizer=None) -> dict:
+    """generation_config.json: the base's settings with EOS/pad ids that keep the stop-token contract.
+    ``tokenizer``: the one of ``tmp`` where it is already loaded (else it is read from there)."""
     from ..stoptokens import check_contract, config_eos_of_dir
 
-    tok = AutoTokenizer.from_pretrained(str(tmp))
+    tok = tokenizer if tokenizer is not None else read_tokenizer(tmp)
     src = Path(plan.base_dir) / "generation_config.json"
     gen = {}
     if src.is_file():
@@ -273,13 +272,23 @@ def write_generation_config(plan: MergePlan, tmp: Path) -> dict:
             "base_stop_contract": {"verdict": base_contract.verdict, "issues": [i.what for i in base_contract.issues]}}
 
 
-def write_model(plan: MergePlan, tmp: Path, progress: Progress | None = None) -> dict:
-    """Everything of the merged model except medtui.json; returns the merge figures."""
+def read_tokenizer(model_dir: Path):
+    """The tokenizer of a model directory (transformers' AutoTokenizer)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def write_model(plan: MergePlan, tmp: Path, progress: Progress | None = None) -> tuple[dict, object]:
+    """Everything of the merged model except medtui.json; returns the merge figures and the merged
+    model's tokenizer, read once from ``tmp`` (verification and the GGUF export use it again: a Qwen
+    tokenizer takes a second or more to read)."""
     result = stream_merge(plan, tmp, progress) if plan.method == "stream" else peft_merge(plan, tmp, progress)
     write_config(plan, tmp)
     result["tokenizer_files"] = copy_tokenizer(plan, tmp)
-    result["generation"] = write_generation_config(plan, tmp)
-    return result
+    tokenizer = read_tokenizer(tmp)
+    result["generation"] = write_generation_config(plan, tmp, tokenizer)
+    return result, tokenizer
 
 
 def write_adapter_export(plan: MergePlan, tmp: Path) -> dict:

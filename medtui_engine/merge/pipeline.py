@@ -120,13 +120,13 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
             record = verify_adapter_export(plan, tmp)
             merge.update(shards=0, device="cpu", hashes={})
         else:
-            merge = write_model(plan, tmp, progress)
+            merge, tokenizer = write_model(plan, tmp, progress)
             seconds["write"] = round(time.perf_counter() - t0, 3)
             writer.emit("merge_written", seconds=seconds["write"], bytes=merge["bytes"], shards=merge["shards"],
                         device=merge["device"])
             writer.emit("merge_progress", phase="verify", done=0, total=1, bytes_written=merge["bytes"])
             t1 = time.perf_counter()
-            record = verify(plan, tmp, job_dir, verify_tokens)
+            record = verify(plan, tmp, job_dir, verify_tokens, tokenizer=tokenizer)
             seconds["verify"] = round(time.perf_counter() - t1, 3)
         writer.emit("merge_verified", max_abs_logit_diff=record.get("max_abs_logit_diff"),
                     top1_agreement=record.get("top1_agreement"), failed_checks=record.get("failed_checks", []),
@@ -134,7 +134,8 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
         (Path(job_dir) / "verification.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
         if not record.get("passed"):
             raise VerificationFailed(record)
-        gguf_entry = _write_gguf(plan, tmp, out, job_dir, writer, seconds) if parse_types(plan.gguf) and not plan.adapter_only else None
+        gguf_entry = _write_gguf(plan, tmp, out, job_dir, writer, seconds, tokenizer) \
+            if parse_types(plan.gguf) and not plan.adapter_only else None
         merge["gguf"] = gguf_entry
         (tmp / OWNER_FILE).unlink(missing_ok=True)
         card = None if plan.adapter_only else write_card(plan, tmp, record, versions(), merge)
@@ -158,7 +159,7 @@ def execute(plan: MergePlan, job_dir: Path, writer, *, verify_tokens: int | None
     return prov
 
 
-def _write_gguf(plan: MergePlan, tmp: Path, out: Path, job_dir: Path, writer, seconds: dict) -> dict:
+def _write_gguf(plan: MergePlan, tmp: Path, out: Path, job_dir: Path, writer, seconds: dict, tokenizer=None) -> dict:
     """GGUF files of the verified merge, written into its partial directory (so medtui.json, the card
     and the file hashes include them). A GGUF that cannot be written or fails its check does not
     refuse the merged model: the entry says why, and medtui.json carries it as a warning."""
@@ -172,7 +173,7 @@ def _write_gguf(plan: MergePlan, tmp: Path, out: Path, job_dir: Path, writer, se
     t0 = time.perf_counter()
     try:
         entry = export(tmp, types, template=plan.template, name=served_name(plan.run_id, out), install_dir=out,
-                       emit=writer.emit, log_path=log)
+                       emit=writer.emit, log_path=log, tokenizer=tokenizer)
     except Exception as exc:  # noqa: BLE001 - the merged model stays good; the reason goes into medtui.json
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(traceback.format_exc())

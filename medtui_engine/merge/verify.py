@@ -166,8 +166,9 @@ BEHAVIOUR_FIX = ("train longer or on more cases, check that the training answers
                  "turn (`medtui validate`), or raise --verify-tokens if the answers are simply long")
 
 
-def verify(plan: MergePlan, model_dir: Path, work: Path, max_new_tokens: int | None = None) -> dict:
+def verify(plan: MergePlan, model_dir: Path, work: Path, max_new_tokens: int | None = None, tokenizer=None) -> dict:
     """Run every check on the (not yet installed) merged directory; returns the record for medtui.json.
+    ``tokenizer``: the merged directory's, where the caller has read it already.
 
     ``passed`` is the correctness verdict only; how the model's answers end is ``behaviour`` (with a
     ``warning`` when some were cut off): a model that does not stop by itself is installed with a warning."""
@@ -176,7 +177,7 @@ def verify(plan: MergePlan, model_dir: Path, work: Path, max_new_tokens: int | N
     from ..stoptokens import contract_for_dir
 
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(model_dir))
     prompts = render_prompts(plan.template, tok)
     if max_new_tokens is None:
         max_new_tokens = DEMO_GREEDY_TOKENS if plan.base_is_demo else 1024
