@@ -140,9 +140,10 @@ def nvidia_gpus() -> int:
 TRAIN_JOBS = pytest.mark.xdist_group("train-jobs") if nvidia_gpus() else pytest.mark.train_jobs
 
 
-# For the real model's CPU jobs (training, eval, probe) in tests: OpenMP threads that wait without spinning.
-# On a loaded 2-core machine (two xdist workers, each starting jobs) spinning threads burn most of the CPU
-# time: a training step of the real small model took 30 CPU-seconds with spinning, 5.7 without.
+# For the real model's CPU work in tests: OpenMP threads that wait without spinning. On a loaded 2-core machine
+# (two xdist workers, each starting jobs) spinning threads burn most of the CPU time: a training step of the
+# real small model took 30 CPU-seconds with spinning, 5.7 without. The product's job processes get it by default
+# (offline.JOB_DEFAULTS); the CLI's own in-process work (``medtui probe``) runs in the environment it is given.
 CPU_JOB_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
