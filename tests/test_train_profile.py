@@ -23,6 +23,8 @@ from medtui_engine.runs.store import load_run
 from medtui_engine.train.job import PROFILE_ENV
 from medtui_engine.train.profile import CPU_TABLE, DEVICE_TABLE, NOTE_FILE, SUMMARY_FILE
 
+# one worker runs the module, so its four jobs (one module fixture) start once per test run, not once per worker
+pytestmark = pytest.mark.xdist_group("train-profile")
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 3
 COMMON = ["--model", "demo", "--backend", "hf", "--max-seq-length", "96", "--max-steps", str(STEPS),
