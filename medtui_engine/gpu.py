@@ -156,10 +156,13 @@ def read_nvml(with_processes: bool = True) -> NvmlInfo:
 
 
 def visible_gpu_indices() -> list[int] | None:
-    """The NVML indices named by CUDA_VISIBLE_DEVICES (numeric form), or None for all."""
+    """The NVML indices named by CUDA_VISIBLE_DEVICES (numeric form), or None for all. Set but empty,
+    it hides every GPU (as CUDA reads it): no index, so a job started so runs on the CPU."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None or env.strip() == "":
+    if env is None:
         return None
+    if env.strip() == "":
+        return []
     try:
         return [int(x) for x in env.split(",") if x.strip()]
     except ValueError:

@@ -188,6 +188,8 @@ def test_train_picks_a_free_gpu_and_refuses_a_busy_one_unless_forced(tmp_path, m
         check_gpu_free(tmp_path, force=False)
     env, warnings = check_gpu_free(tmp_path, force=True)
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and warnings[0].startswith("warning: GPU 0 is in use")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")        # every GPU hidden: a CPU job, pinned to no GPU, refused by none
+    assert check_gpu_free(tmp_path, force=False) == ({}, [])
     reading["info"] = NvmlInfo(False, error="no driver")    # no GPU: nothing to guard, nothing to pin
     assert check_gpu_free(tmp_path, force=False) == ({}, [])
 

@@ -149,14 +149,12 @@ def test_the_bench_prints_the_two_arms_losses_side_by_side_and_the_profile(runs)
     print("\n" + text + shown)
 
 
-def test_the_summary_splits_a_gpu_step_into_busy_idle_and_kernel_families():
-    """The GPU half of the summary, on events shaped as the profiler gives them on a GPU (torch's own
-    FunctionEvent objects: ops with their parents and shapes, kernels linked to the op that launched
-    them, the step annotations): two steps of 1 ms each, 0.425 ms of kernels."""
+def _gpu_step_events(linked: bool):
+    """Two profiled steps of 1 ms each with 0.425 ms of kernels, as torch's own FunctionEvent objects: ops
+    with their parents and shapes, the kernels, the step annotations. ``linked``: each kernel names the op
+    that launched it (newer torch: ``linked_correlation_id``); else the ops list their kernels (every torch)."""
     from torch.autograd import DeviceType
     from torch.autograd.profiler_util import FunctionEvent
-
-    from medtui_engine.train.profile import summarize_events
 
     vocab, events, ids = 1000, [], iter(range(100, 10_000))
 
@@ -170,8 +168,11 @@ def test_the_summary_splits_a_gpu_step_into_busy_idle_and_kernel_families():
         return f
 
     def kernel(name, s, e, launcher):
+        link = {"linked_correlation_id": launcher.id if launcher else 0} if linked else {}
         events.append(FunctionEvent(id=next(ids), name=name, thread=7, start_us=s, end_us=e, device_type=DeviceType.CUDA,
-                                    use_device="cuda", linked_correlation_id=launcher.id if launcher else 0))
+                                    use_device="cuda", **link))
+        if not linked and launcher is not None:
+            launcher.append_kernel(name, 0, e - s)
 
     for k in range(2):
         b = k * 1000
@@ -190,13 +191,36 @@ def test_the_summary_splits_a_gpu_step_into_busy_idle_and_kernel_families():
     # the step's range drawn on the GPU timeline is no kernel
     events.append(FunctionEvent(id=1, name="ProfilerStep#1", thread=7, start_us=0, end_us=900,
                                 device_type=DeviceType.CUDA, is_user_annotation=True))
-    s = summarize_events(events, [5, 6], vocab)
-    assert s["steps"] == [5, 6] and s["wall_ms"] == [1.0, 1.0]
-    assert s["device_busy_ms"] == [0.425, 0.425] and s["gap_ms"] == [0.575, 0.575] and s["kernels_per_step"] == [10, 10]
-    fam = s["device_ms_per_step_by_family"]
-    assert (fam["matmul"], fam["loss_lm_head"], fam["attention"], fam["optimizer"], fam["memcpy_memset"]) == (
-        0.1, 0.22, 0.05, 0.05, 0.005)
-    assert s["optimizer_step"] == {"host_ms": [0.3, 0.3], "device_ms": [0.05, 0.05]}
-    assert s["host_sync_wait_ms"] == [0.04, 0.04]
-    assert s["top_kernels"][0] == {"name": "nvjet_tst_256x128", "calls": 2, "device_ms_per_step": 0.2,
-                                   "family": "loss_lm_head"}
+    return events, vocab
+
+
+def _links_kernels() -> bool:
+    import inspect
+
+    from torch.autograd.profiler_util import FunctionEvent
+
+    return "linked_correlation_id" in inspect.signature(FunctionEvent.__init__).parameters
+
+
+def test_the_summary_splits_a_gpu_step_into_busy_idle_and_kernel_families():
+    """The GPU half of the summary, from the ops' kernel lists (every torch) and, where the installed torch
+    links kernels to their ops, from the links too: the same split either way."""
+    from medtui_engine.train.profile import summarize_events
+
+    modes = [False, True] if _links_kernels() else [False]
+    for linked in modes:
+        events, vocab = _gpu_step_events(linked)
+        s = summarize_events(events, [5, 6], vocab)
+        assert s["steps"] == [5, 6] and s["wall_ms"] == [1.0, 1.0]
+        assert s["device_busy_ms"] == [0.425, 0.425] and s["gap_ms"] == [0.575, 0.575]
+        assert s["kernels_per_step"] == [10, 10]
+        fam = s["device_ms_per_step_by_family"]
+        assert (fam["matmul"], fam["loss_lm_head"], fam["attention"], fam["optimizer"]) == (0.1, 0.22, 0.05, 0.05), fam
+        # a copy no op launched: by its name where kernels are linked, else left unattributed (said so)
+        assert fam["memcpy_memset" if linked else "unattributed"] == 0.005, fam
+        assert s["optimizer_step"] == {"host_ms": [0.3, 0.3], "device_ms": [0.05, 0.05]}
+        assert s["host_sync_wait_ms"] == [0.04, 0.04]
+        top = s["top_kernels"][0]
+        assert (top["name"], top["calls"], top["device_ms_per_step"]) == ("nvjet_tst_256x128", 2, 0.2)
+        if linked:
+            assert top["family"] == "loss_lm_head"

@@ -7,6 +7,7 @@ The GPU side of the fit probe (measure, correct) runs under ``pytest -m gpu`` (s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -215,10 +216,13 @@ def test_medtui_train_shows_the_recipe_keeps_it_in_spec_json_and_says_why_the_pr
     proc = subprocess.run(
         [sys.executable, "-m", "medtui_engine.cli", "train", "--data", str(DATA), "--limit-rows", "8",
          "--max-seq-length", "64", "--max-steps", "1", "--lora-r", "4", "--detach", "--workspace", str(workspace)],
-        capture_output=True, text=True, timeout=600)
+        # every GPU hidden, as a user who wants a CPU run would: on a GPU box too the job runs on the CPU
+        # (the GPU's probe is test_fit_probe_on_the_gpu_measures_before_the_first_step)
+        capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr
     run = next(d for d in (workspace / "runs").iterdir() if d.is_dir())
     on_disk = json.loads((run / "spec.json").read_text())
+    assert on_disk["gpu"] is None   # pinned to no GPU
     recipe = Recipe.from_dict(on_disk["resolved_recipe"])
     assert recipe.mode == "auto" and on_disk["micro_batch"] == recipe.micro_batch
     assert on_disk["explicit"] == ["data", "limit_rows", "max_seq_length", "max_steps", "lora_r"]
@@ -282,6 +286,10 @@ async def test_the_train_form_shows_the_recipe_with_the_estimate(workspace, demo
         seed, _ = preview_recipe(screen.current_spec())
         assert {n: shown(n) for n in on_form} == {n: v for n, v in seed.settings().items() if n in on_form}
         assert shown("micro_batch") == 2 and shown("load_in_4bit") is True
+        # an entry left to the recipe only shows the recipe's choice: the spec keeps the base value, so another
+        # recipe chooses from the same start (on a GPU auto shows 16-bit, and the seed recipe is still 4-bit)
+        screen.form.show_recipe({"load_in_4bit": False})
+        assert shown("load_in_4bit") is False and screen.form.spec().load_in_4bit is TrainSpec().load_in_4bit
 
 
 @pytest.mark.gpu
