@@ -67,6 +67,7 @@ class TrainForm(VerticalScroll):
         self._own: dict[str, str] = {}   # each field's own problem, kept while other fields change
         self.ready = False               # set once filled: changes before that are not the user's
         self.edited: set[str] = set()    # settings the user changed: the auto recipe keeps them
+        self.recipe_owned: set[str] = set()   # entries that show the recipe's choice, not a value of their own
 
     def compose(self) -> ComposeResult:
         yield Label(FORM_TITLE, classes="section-title")
@@ -82,6 +83,7 @@ class TrainForm(VerticalScroll):
         self.base = spec
         self.ready = False
         self.edited = set()
+        self.recipe_owned = set()
         # filling the form is not the user changing it: one check per field here, none per event
         with self.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
             for name in self.settings:
@@ -113,6 +115,7 @@ class TrainForm(VerticalScroll):
         """Show the recipe's choice in the entries the user left to it (they stay the recipe's: a change
         of the data, the model or the recipe may choose again); the rows say ``auto``."""
         mine = set(self.edited) | set(self.base.explicit)
+        self.recipe_owned = {name for name in values if name in self.settings and name not in mine}
         with self.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
             for name, value in values.items():
                 if name in self.settings and name not in mine:
@@ -125,8 +128,11 @@ class TrainForm(VerticalScroll):
         self._publish()
 
     def spec(self) -> TrainSpec:
-        """The base spec with every entry that parses; what the user changed is ``explicit``."""
-        spec = TrainSpec(**{**self.base.__dict__, **self.values})
+        """The base spec with every entry that parses; what the user changed is ``explicit``. An entry left to
+        the recipe keeps the base value (it only shows the recipe's choice), so a change of recipe, data or
+        model chooses again from the same start: the seed recipe gets the seed's settings, not auto's."""
+        left = self.recipe_owned - set(self.edited)
+        spec = TrainSpec(**{**self.base.__dict__, **{k: v for k, v in self.values.items() if k not in left}})
         spec.explicit = sorted(set(self.base.explicit) | (self.edited & set(self.values)))
         spec.resolved_recipe = {}
         return spec
