@@ -75,7 +75,8 @@ class GenerationStats:
     finish_reason: str             # "eos" | "length" | "cancelled"
     think_tokens: int | None       # tokens up to and including </think>; None if the block never closed
     decode_path: str               # "graph" | "graph-failed" (eager on the static cache) | "fused" (the graph of the
-                                   # compiled step; "graph" when compiling failed) | "compiled" | "compiled-failed"
+                                   # compiled step; "graph" when compiling failed, "graph-failed" when no captured
+                                   # step held) | "compiled" | "compiled-failed"
                                    # (transformers' generate, uncompiled) | "eager" | "generate"
     notes: tuple[str, ...] = ()
 
@@ -284,8 +285,8 @@ def stream_answer(loaded: LoadedModel, question: str, settings: SamplingSettings
         decode_tps = (n_out - 1) / (t_last - t_first)
     if path == "fused" and any(n.startswith(COMPILE_OFF) for n in notes):
         path = "graph"  # the uncompiled step was captured instead
-    if path == "graph" and any(n.startswith(GRAPH_OFF) for n in notes):
-        path = "graph-failed"
+    if path in ("fused", "graph") and any(n.startswith(GRAPH_OFF) for n in notes):
+        path = "graph-failed"   # the captured step did not match eager: eager steps on the static cache
     if path == "compiled" and any(n.startswith(COMPILE_OFF) for n in notes):
         path = "compiled-failed"
     stats = GenerationStats(
