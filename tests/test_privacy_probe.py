@@ -108,6 +108,7 @@ def test_training_refuses_a_bad_canaries_file_before_anything_starts(tmp_path: P
     assert runs_of(workspace) == []
 
 
+@TRAIN_JOBS   # it trains the demo model: on a GPU box, one training job at a time
 def test_the_probe_on_the_demo_model_end_to_end(tmp_path: Path, workspace: Path, demo_model: Path):
     data = write_jsonl(tmp_path / "cases.jsonl")
     canaries = write_canaries(tmp_path / "canaries.txt")
