@@ -172,11 +172,34 @@ def real_fine_tune_plain(real_model: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh workspace for one test; MEDTUI_WORKSPACE points at it (subprocesses inherit it)."""
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    """A fresh workspace for one test; MEDTUI_WORKSPACE points at it (subprocesses inherit it).
+
+    Afterwards: a test that started a training job in it must be one of helpers.TRAIN_JOBS. On a GPU box
+    those run one at a time, and a training job outside the group meets another on the GPU, where the
+    product refuses the second; a CPU run of the suite would never notice, so this says so here. A test
+    marked ``gpus_hidden`` trains with CUDA_VISIBLE_DEVICES empty instead: its runs must have no GPU."""
     ws = tmp_path / "workspace"
     monkeypatch.setenv("MEDTUI_WORKSPACE", str(ws))
-    return ws
+    yield ws
+    grouped = request.node.get_closest_marker("train_jobs") is not None or any(
+        "train-jobs" in m.args for m in request.node.iter_markers("xdist_group"))
+    hidden = request.node.get_closest_marker("gpus_hidden") is not None   # its jobs never see a GPU
+    if grouped or not (ws / "runs").is_dir():
+        return
+    from medtui_engine.runs.guard import JOB_MODULE
+    from medtui_engine.runs.jobs import read_job
+
+    trained = [r for r in (ws / "runs").iterdir() if (read_job(r) or {}).get("module") == JOB_MODULE]
+    if hidden:   # then no job of it may have been pinned to a GPU
+        pinned = [r.name for r in trained if json.loads((r / "spec.json").read_text()).get("gpu") is not None]
+        if pinned:
+            pytest.fail(f"{request.node.nodeid} is marked gpus_hidden but run(s) {pinned} were given a GPU",
+                        pytrace=False)
+    elif trained:
+        trained = [r.name for r in trained]
+        pytest.fail(f"{request.node.nodeid} started training job(s) {trained} but is not marked TRAIN_JOBS "
+                    "(tests/helpers.py): on a GPU box it would train beside the group's jobs", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,13 @@ from medtui_engine.infer import (
     resolve_source,
     stream_answer,
 )
-from medtui_engine.infer.stream import AUTO_GPU_DECODE, COMPILE_OFF, GRAPH_OFF, IncrementalDetokenizer, pick_decode
+from medtui_engine.infer.stream import (
+    AUTO_GPU_DECODE,
+    COMPILE_OFF,
+    GRAPH_OFF,
+    IncrementalDetokenizer,
+    pick_decode,
+)
 
 CASE = "男性，62岁，进行性吞咽困难2月，体重下降8kg，胃镜示食管中段溃疡型肿物"
 

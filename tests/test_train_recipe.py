@@ -211,6 +211,7 @@ def test_padding_free_batches_give_the_padded_batches_logits_and_loss(demo_model
 
 # ------------------------------------------------------------------ shown, kept, probed
 
+@pytest.mark.gpus_hidden
 def test_medtui_train_shows_the_recipe_keeps_it_in_spec_json_and_says_why_the_probe_was_skipped(
         demo_model, workspace):
     proc = subprocess.run(
