@@ -82,6 +82,11 @@ class ModelShape:
             raise ShapeError(f"{p} is not valid JSON: {exc}") from None
         return cls.from_config(cfg, name=Path(path).name)
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one position of one sequence takes (keys and values of every layer, 16-bit)."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * 2
+
     def module_dims(self) -> dict[str, tuple[int, int]]:
         q_out = self.heads * self.head_dim
         kv_out = self.kv_heads * self.head_dim

@@ -410,8 +410,8 @@ class ConsoleScreen(Screen):
     def on_console_screen_loaded(self, msg: Loaded) -> None:
         self.models[msg.side] = msg.loaded
         self._view(msg.side).set_model(msg.loaded.label, msg.loaded.describe())
-        notes = f" · {'; '.join([*msg.loaded.notes, *([msg.warmed] if msg.warmed else [])])}" if (
-            msg.loaded.notes or msg.warmed) else ""
+        said = [*msg.loaded.notes, *([msg.warmed] if msg.warmed else [])]
+        notes = f" · {'; '.join(said)}" if said else ""
         self._show_model(f"loaded {msg.loaded.label} in {msg.loaded.load_s:.1f} s · {msg.gpu}{notes}")
         if all(side in self.models for side in ([TUNED, BASE] if self.compare else [TUNED])):
             self.state = "idle"

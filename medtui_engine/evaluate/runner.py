@@ -5,6 +5,7 @@ dir, then rename). ``score_answer_files`` builds the same report from saved answ
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -92,7 +93,7 @@ def answer_items(loaded, source, items: list[Item], settings, cancel=None, batch
         by_sample.setdefault(item.sample, []).append(item)
     compiled = loaded.device == "cuda"
     for sample, group in sorted(by_sample.items()):
-        size = -(-len(group) // -(-len(group) // batch))  # the fewest batches of at most `batch`, sizes even
+        size = math.ceil(len(group) / math.ceil(len(group) / batch))  # the fewest batches of at most `batch`, sizes even
         for start in range(0, len(group), size):
             if cancel is not None and cancel.is_set():
                 return

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .decoder import COMPILED_CACHE_ROUND, CompiledDecoder
+from ..vram import ModelShape
+from .decoder import CompiledDecoder, compiled_cache_len
 from .loader import LoadedModel
 from .sampling import SamplingSettings, resolve_repetition_penalty
 from .stream import (
@@ -160,12 +161,8 @@ def answer_batch(loaded: LoadedModel, questions: Sequence[str], settings: Sampli
 
 
 def kv_bytes_per_token(config) -> int:
-    """Bytes of KV cache one position of one case takes (keys and values of every layer, 16-bit)."""
-    cfg = getattr(config, "text_config", None) or config
-    heads = int(cfg.num_attention_heads)
-    kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    return 2 * int(cfg.num_hidden_layers) * kv * head_dim * 2
+    """Bytes of KV cache one position of one case takes, for a transformers config (``ModelShape``'s figure)."""
+    return ModelShape.from_config(config.to_dict()).kv_bytes_per_token
 
 
 def fit_batch(loaded: LoadedModel, questions: Sequence[str], max_new_tokens: int, free_bytes: int | None = None,
@@ -178,10 +175,9 @@ def fit_batch(loaded: LoadedModel, questions: Sequence[str], max_new_tokens: int
         return 1
     tok = loaded.tokenizer
     longest = max(len(tok(build_prompt(loaded, q), add_special_tokens=False)["input_ids"]) for q in questions)
-    cache_len = -(-(longest + max_new_tokens + 1) // COMPILED_CACHE_ROUND) * COMPILED_CACHE_ROUND
-    cfg = loaded.model.config
-    vocab = int(getattr(getattr(cfg, "text_config", None) or cfg, "vocab_size", 0) or 0)
-    per_case = cache_len * kv_bytes_per_token(cfg) + 8 * vocab  # + the step's fp32 logits and scores
+    shape = ModelShape.from_config(loaded.model.config.to_dict())
+    # each case's cache, plus the step's fp32 logits and scores
+    per_case = compiled_cache_len(longest + max_new_tokens + 1) * shape.kv_bytes_per_token + 8 * shape.vocab
     if free_bytes is None:
         import torch
 

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 
 CACHE_ROUND = 256  # the static cache grows in steps of this many positions, so most answers reuse it
 COMPILED_CACHE_ROUND = 2048  # the compiled path's cache: a new length recompiles, so grow it rarely
+
+
+def compiled_cache_len(needed: int) -> int:
+    """``needed`` positions rounded up to the compiled path's cache lengths (steps of COMPILED_CACHE_ROUND)."""
+    return -(-needed // COMPILED_CACHE_ROUND) * COMPILED_CACHE_ROUND
 VERIFY_STEPS = 32  # greedy steps of a newly captured graph checked against the model's full forward
 # How big bf16 noise is: on the Qwen2.5-7B shape (random weights, bf16, CPU) the eager cached step and the
 # full forward over the same tokens -- both correct -- differ by up to 0.094 with 8 of its 28 layers (logits
@@ -413,7 +418,7 @@ class CompiledDecoder:
 
     def cache_len(self, needed: int) -> int:
         """The static cache length for an answer: grown in steps of COMPILED_CACHE_ROUND, never shrunk."""
-        self.max_cache_len = max(self.max_cache_len, -(-needed // COMPILED_CACHE_ROUND) * COMPILED_CACHE_ROUND)
+        self.max_cache_len = max(self.max_cache_len, compiled_cache_len(needed))
         return self.max_cache_len
 
     def close(self) -> None:
